@@ -1,0 +1,53 @@
+"""Customers: POST upsert, DELETE (GDPR erasure)."""
+
+from starlette.responses import Response as NoContent
+
+from kanal.records import Body, Response, phone, storage
+
+
+def render(row: Body) -> Body:
+    return {
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "first_name": row["first_name"],
+        "last_name": row["last_name"],
+        "email": row["email"],
+        "locale": row["locale"],
+        "tags": row["tags"] or [],
+        "lifetime_value": row["lifetime_value"],
+        "orders_count": row["orders_count"],
+    }
+
+
+async def upsert_customer(store_id: int, body: Body) -> Response:
+    """Create or update a customer, keyed by external_id or else by phone."""
+    number = phone(body["phone"])
+    external_id = body.get("external_id")
+    key = (
+        {"external_id": external_id}
+        if external_id is not None
+        else {"external_id": None, "phone": number, "deleted_at": None}
+    )
+    row, created = storage().upsert(
+        "customers",
+        store_id,
+        {
+            "external_id": external_id,
+            "phone": number,
+            "first_name": body.get("first_name"),
+            "last_name": body.get("last_name"),
+            "email": body.get("email"),
+            "locale": body.get("locale"),
+            "tags": body.get("tags") or [],
+            "lifetime_value": body.get("lifetime_value"),
+            "orders_count": body.get("orders_count"),
+        },
+        key=key,
+    )
+    return render(row), 201 if created else 200
+
+
+async def delete_customer(store_id: int, external_id: str) -> NoContent:
+    """Erase a customer (GDPR): by external_id, or by phone for one keyed by phone."""
+    storage().erase_customer(store_id, external_id, phone(external_id))
+    return NoContent(status_code=204)

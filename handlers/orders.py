@@ -1,0 +1,47 @@
+"""Orders: POST upsert, PATCH status."""
+
+from kanal import formats
+from kanal.errors import not_found
+from kanal.records import Body, Response, changes, customer_columns, storage
+
+
+def render(row: Body) -> Body:
+    return {
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "total_price": row["total_price"],
+        "currency": row["currency"],
+        "financial_status": row["financial_status"],
+        "fulfillment_status": row["fulfillment_status"],
+        "tags": row["tags"] or [],
+        "created_at": row["placed_at"],
+    }
+
+
+async def upsert_order(store_id: int, body: Body) -> Response:
+    """Create or update an order."""
+    row, created = storage().upsert(
+        "orders",
+        store_id,
+        {
+            "external_id": body["external_id"],
+            "placed_at": formats.utc_timestamp(body["placed_at"]),
+            "total_price": formats.money(body["total_price"]),
+            "currency": body.get("currency"),
+            "financial_status": body.get("financial_status"),
+            "fulfillment_status": body.get("fulfillment_status"),
+            **customer_columns(body["customer"]),
+            "line_items": body.get("line_items"),
+            "tags": body.get("tags") or [],
+            "metadata": body.get("metadata"),
+        },
+    )
+    return render(row), 201 if created else 200
+
+
+async def update_order(store_id: int, external_id: str, body: Body) -> Response:
+    """Update an order's status, tags or metadata."""
+    row = storage().patch("orders", store_id, external_id, changes(body))
+    if row is None:
+        raise not_found("Order")
+    return render(row), 200

@@ -1,0 +1,31 @@
+"""Shipments: POST upsert (no PATCH: a POST with the same external_id replaces)."""
+
+from kanal.records import Body, Response, require_order, storage
+
+
+async def upsert_shipment(store_id: int, body: Body) -> Response:
+    """Create or update a shipment linked to an order of the same store."""
+    order = require_order(store_id, body["order_external_id"])
+    row, created = storage().upsert(
+        "shipments",
+        store_id,
+        {
+            "external_id": body["external_id"],
+            "order_id": order["id"],
+            "order_external_id": body["order_external_id"],
+            "tracking_number": body.get("tracking_number"),
+            "tracking_url": body.get("tracking_url"),
+            "carrier": body.get("carrier"),
+            "status": body.get("status"),
+            "metadata": body.get("metadata"),
+        },
+    )
+    return {
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "order_id": row["order_id"],
+        "tracking_number": row["tracking_number"],
+        "tracking_url": row["tracking_url"],
+        "carrier": row["carrier"],
+        "status": row["status"],
+    }, 201 if created else 200

@@ -1,0 +1,180 @@
+"""The application: Connexion routes openapi.yaml's operations to ``handlers/``.
+
+The request's way: the body-size guard (413) -> Connexion's routing -> auth and
+rate limit (401/403/404/429) -> validation against openapi.yaml (400/415/422)
+-> the handler -> the store (one transaction) -> the response, with the store's
+rate-limit headers added on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from connexion import AsyncApp
+from connexion.exceptions import ProblemException
+from connexion.middleware import ConnexionMiddleware
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.security import SecurityMiddleware
+from connexion.resolver import Resolver
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kanal import errors, validation
+from kanal.auth import AuthMiddleware
+from kanal.storage import Storage, current
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "openapi.yaml"
+MAX_BODY = 1024 * 1024
+DEFAULT_DB = "kanal.db"
+
+
+def snake_case(name: str) -> str:
+    """``upsertOrder`` -> ``upsert_order``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class SnakeCaseResolver(Resolver):
+    """Route camelCase operationIds to snake_case functions of the operation's controller."""
+
+    def resolve_operation_id(self, operation: Any) -> str:
+        name = snake_case(operation.operation_id)
+        controller = operation.router_controller
+        return f"{controller}.{name}" if controller else name
+
+
+def _json(status: int, message: str) -> tuple[Message, Message]:
+    body = json.dumps({"error": message}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class KanalASGI:
+    """The outermost layer: storage for the request, body limit, rate-limit headers."""
+
+    def __init__(self, app: ASGIApp, storage: Storage) -> None:
+        self.app = app
+        self.storage = storage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        current.set(self.storage)
+        state: dict[str, Any] = {}
+        scope["kanal"] = state
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            await self._too_large(send, 413 if length.isdigit() else 400)
+            return
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # No declared length (chunked): read up to the limit before going on.
+            messages, size = [], 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                size += len(message.get("body", b""))
+                if size > MAX_BODY:
+                    await self._too_large(send, 413)
+                    return
+                if not message.get("more_body", False):
+                    break
+            receive = _replay(messages, receive)
+
+        await self.app(scope, receive, with_rate_limit_headers(scope, send))
+
+    @staticmethod
+    async def _too_large(send: Send, status: int) -> None:
+        message = (
+            f"The request body must not be larger than {MAX_BODY} bytes."
+            if status == 413
+            else "Invalid Content-Length header."
+        )
+        for part in _json(status, message):
+            await send(part)
+
+
+def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
+    """Wrap ``send`` to add the store's X-RateLimit-* headers, once, to the response."""
+
+    async def send_with_headers(message: Message) -> None:
+        headers = scope["kanal"].get("headers")
+        if message["type"] == "http.response.start" and headers:
+            present = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [
+                (name.lower().encode(), value.encode())
+                for name, value in headers.items()
+                if name.lower().encode() not in present
+            ]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return send_with_headers
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the headers inside response validation, so the validator sees them.
+
+    Error responses rendered further out (401 ... 429, 422) get them from KanalASGI.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = with_rate_limit_headers(scope, send)
+        await self.app(scope, receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def create_app(db_path: str | None = None, *, validate_responses: bool = False) -> ASGIApp:
+    """Build the ASGI application over the SQLite database at ``db_path``."""
+    storage = Storage(db_path or os.environ.get("KANAL_DB", DEFAULT_DB))
+    middlewares = [
+        AuthMiddleware if m is SecurityMiddleware else m
+        for m in ConnexionMiddleware.default_middlewares
+    ]
+    middlewares.insert(middlewares.index(ContextMiddleware), RateLimitHeadersMiddleware)
+    app = AsyncApp(
+        __name__,
+        specification_dir=str(ROOT),
+        middlewares=middlewares,
+        swagger_ui_options=None,
+    )
+    app.add_api(
+        SPEC.name,
+        resolver=SnakeCaseResolver(),
+        validator_map=validation.VALIDATOR_MAP,
+        validate_responses=validate_responses,
+        strict_validation=False,
+    )
+    app.add_error_handler(errors.ApiError, errors.api_error_handler)
+    app.add_error_handler(HTTPException, errors.http_error_handler)
+    app.add_error_handler(ProblemException, errors.http_error_handler)
+    app.add_error_handler(Exception, errors.server_error_handler)
+    return KanalASGI(app, storage)
+
+
+def app_from_env() -> ASGIApp:
+    """Factory for ``uvicorn --factory`` (used by ``kanal serve --workers N``)."""
+    return create_app(
+        os.environ.get("KANAL_DB", DEFAULT_DB),
+        validate_responses=os.environ.get("KANAL_VALIDATE_RESPONSES") == "1",
+    )

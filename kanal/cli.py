@@ -1,0 +1,264 @@
+"""The ``kanal`` command: stores, keys, and the server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+import click
+
+from kanal import auth
+from kanal.app import DEFAULT_DB
+from kanal.storage import Storage
+
+DEMO_STORE = 123
+#: The key of the seed pages' curl examples, so they work as written on a demo.
+DEMO_TOKEN = "8fK2pX9mWq4Ld7Vb3Nc6Ts1Z"
+
+db_option = click.option(
+    "--db",
+    "db_path",
+    envvar="KANAL_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    help="SQLite database file (env KANAL_DB).",
+)
+
+
+@click.group()
+@click.version_option(package_name="kanal")
+def main() -> None:
+    """kanal: commerce ingestion for WhatsApp marketing."""
+
+
+@main.group()
+def stores() -> None:
+    """Create, change and list stores."""
+
+
+@stores.command("create")
+@click.option("--id", "store_id", type=click.IntRange(1, auth.MAX_STORE_ID), required=True)
+@click.option("--name", required=True, help="The shop's name.")
+@click.option("--team", "team_id", type=click.IntRange(1), help="The team that owns the store.")
+@click.option("--region", default="FR", show_default=True, help="Default phone region (ISO 3166).")
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(1),
+    default=60,
+    show_default=True,
+    help="Requests per minute.",
+)
+@click.option("--paused", is_flag=True, help="Create the store paused (it answers 404).")
+@db_option
+def stores_create(
+    store_id: int,
+    name: str,
+    team_id: int | None,
+    region: str,
+    rate_limit: int,
+    paused: bool,
+    db_path: str,
+) -> None:
+    """Create a store."""
+    storage = Storage(db_path)
+    try:
+        store = storage.create_store(
+            {
+                "id": store_id,
+                "name": name,
+                "team_id": team_id,
+                "region": region.upper(),
+                "rate_limit": rate_limit,
+                "paused": int(paused),
+            }
+        )
+    except sqlite3.IntegrityError:
+        raise click.ClickException(f"store {store_id} exists already") from None
+    click.echo(_describe_store(store))
+
+
+@stores.command("update")
+@click.argument("store_id", type=int)
+@click.option("--name")
+@click.option("--region")
+@click.option("--rate-limit", type=click.IntRange(1), help="Requests per minute.")
+@click.option("--paused/--active", default=None, help="Pause or resume the store.")
+@db_option
+def stores_update(
+    store_id: int,
+    name: str | None,
+    region: str | None,
+    rate_limit: int | None,
+    paused: bool | None,
+    db_path: str,
+) -> None:
+    """Rename, pause or resume a store, or change its region or rate limit."""
+    changes: dict[str, Any] = {
+        "name": name,
+        "region": region and region.upper(),
+        "rate_limit": rate_limit,
+        "paused": None if paused is None else int(paused),
+    }
+    store = Storage(db_path).update_store(
+        store_id, {k: v for k, v in changes.items() if v is not None}
+    )
+    if store is None:
+        raise click.ClickException(f"no store {store_id}")
+    click.echo(_describe_store(store))
+
+
+@stores.command("list")
+@db_option
+def stores_list(db_path: str) -> None:
+    """List stores."""
+    for store in Storage(db_path).list_stores():
+        click.echo(_describe_store(store))
+
+
+def _describe_store(store: dict[str, Any]) -> str:
+    return (
+        f"store {store['id']} {store['name']!r} team={store['team_id']} "
+        f"region={store['region']} rate_limit={store['rate_limit']}/min "
+        f"{'paused' if store['paused'] else 'active'}"
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--store", "store_id", type=int, help="Restrict the key to this store.")
+@click.option(
+    "--team", "team_id", type=int, help="Make the key valid for every store of this team."
+)
+@click.option("--name", default="default", show_default=True, help="A label for the key.")
+@click.option("--token", help="Import an existing 24-character key instead of drawing one.")
+@db_option
+def keys_create(
+    store_id: int | None, team_id: int | None, name: str, token: str | None, db_path: str
+) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+    if (store_id is None) == (team_id is None):
+        raise click.UsageError("give exactly one of --store or --team")
+    storage = Storage(db_path)
+    if store_id is not None and storage.get_store(store_id) is None:
+        raise click.ClickException(f"no store {store_id}")
+    if team_id is not None and not storage.team_exists(team_id):
+        raise click.ClickException(f"no team {team_id} (create a store with --team first)")
+    token = create_key(storage, name=name, store_id=store_id, team_id=team_id, token=token)
+    scope = f"store {store_id}" if store_id is not None else f"team {team_id}"
+    click.echo(f"Created key {name!r} for {scope}. It is shown once; keep it secret:", err=False)
+    click.echo(token)
+
+
+def create_key(
+    storage: Storage,
+    *,
+    name: str,
+    store_id: int | None = None,
+    team_id: int | None = None,
+    token: str | None = None,
+) -> str:
+    """Store a key (drawn, or the given token) and return its token."""
+    token = token or auth.new_token()
+    if not auth.TOKEN_PATTERN.fullmatch(token):
+        raise click.ClickException("a key is 24 letters and digits")
+    try:
+        storage.create_key(
+            {
+                "name": name,
+                "token_hash": auth.hash_token(token),
+                "prefix": token[:4],
+                "store_id": store_id,
+                "team_id": team_id,
+            }
+        )
+    except sqlite3.IntegrityError:
+        raise click.ClickException("that key exists already") from None
+    return token
+
+
+@keys.command("list")
+@db_option
+def keys_list(db_path: str) -> None:
+    """List keys (never their tokens)."""
+    for key in Storage(db_path).list_keys():
+        scope = (
+            f"store={key['store_id']}" if key["store_id"] is not None else f"team={key['team_id']}"
+        )
+        click.echo(f"{key['id']}\t{key['name']}\t{key['prefix']}…\t{scope}\t{key['created_at']}")
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@db_option
+def keys_revoke(key_id: int, db_path: str) -> None:
+    """Delete a key; it stops working at once."""
+    if not Storage(db_path).delete_key(key_id):
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"Revoked key {key_id}.")
+
+
+server_options = [
+    click.option("--host", default="127.0.0.1", show_default=True),
+    click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
+    click.option(
+        "--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes."
+    ),
+]
+
+
+def _with_server_options(func: Any) -> Any:
+    for option in reversed(server_options):
+        func = option(func)
+    return db_option(func)
+
+
+@main.command()
+@_with_server_options
+def serve(host: str, port: int, workers: int, db_path: str) -> None:
+    """Run the API server."""
+    run_server(db_path, host, port, workers)
+
+
+@main.command()
+@_with_server_options
+def demo(host: str, port: int, workers: int, db_path: str) -> None:
+    """Create demo store 123 and the documented key, then run the server."""
+    storage = Storage(db_path)
+    if storage.get_store(DEMO_STORE) is None:
+        storage.create_store(
+            {
+                "id": DEMO_STORE,
+                "name": "Demo shop",
+                "team_id": None,
+                "region": "FR",
+                "rate_limit": 60,
+                "paused": 0,
+            }
+        )
+    if storage.find_key(auth.hash_token(DEMO_TOKEN)) is None:
+        create_key(storage, name="demo", store_id=DEMO_STORE, token=DEMO_TOKEN)
+    storage.close()
+    click.echo(f"Demo store {DEMO_STORE} is ready at http://{host}:{port}; its key:")
+    click.echo(DEMO_TOKEN)
+    run_server(db_path, host, port, workers)
+
+
+def run_server(db_path: str, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    Storage(db_path).close()  # create or migrate the schema once, before workers start
+    os.environ["KANAL_DB"] = os.path.abspath(db_path)
+    uvicorn.run(
+        "kanal.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )

@@ -1,0 +1,98 @@
+"""What handlers share: the request's storage, embedded customers, checkout logic.
+
+Checks the spec cannot state (an order that must exist) are made here, once,
+and reported in the same 422 shape as the spec's own rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kanal import formats
+from kanal.errors import ValidationFailed, not_found
+from kanal.storage import Storage, current
+from kanal.validation import current_region
+
+Body = dict[str, Any]
+Response = tuple[Body, int]
+
+
+def storage() -> Storage:
+    """The storage of the application serving this request."""
+    return current.get()
+
+
+def phone(value: str) -> str | None:
+    """A phone number in E.164, read in the current store's region (None if invalid)."""
+    return formats.e164(value, current_region.get())
+
+
+def customer_columns(customer: Body) -> Body:
+    """The columns of a record that embeds a customer (phone normalised)."""
+    normalised = phone(customer["phone"])
+    return {
+        "customer": {**customer, "phone": normalised},
+        "customer_external_id": customer.get("external_id"),
+        "customer_phone": normalised,
+    }
+
+
+def changes(body: Body) -> Body:
+    """A PATCH body as column changes (the spec admits only mutable fields)."""
+    out = dict(body)
+    if "tags" in out and out["tags"] is None:
+        out["tags"] = []
+    return out
+
+
+def require_order(store_id: int, external_id: str) -> Body:
+    """The order a shipment points to; a 422 on ``order_external_id`` if missing."""
+    order = storage().get("orders", store_id, external_id)
+    if order is None:
+        raise ValidationFailed(
+            {"order_external_id": ["The selected order_external_id is invalid."]}
+        )
+    return order
+
+
+def render_checkout(row: Body) -> Body:
+    return {
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "status": row["status"],
+        "total_price": row["total_price"],
+        "currency": row["currency"],
+        "recovery_url": row["recovery_url"],
+        "tags": row["tags"] or [],
+        "created_at": row["abandoned_at"],
+    }
+
+
+def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
+    """POST /checkouts and /carts: replace everything but the lifecycle status."""
+    row, created = storage().upsert(
+        table,
+        store_id,
+        {
+            "external_id": body["external_id"],
+            "abandoned_at": formats.utc_timestamp(body["abandoned_at"]),
+            "total_price": formats.money(body["total_price"]),
+            "currency": body.get("currency"),
+            "recovery_url": body.get("recovery_url"),
+            **customer_columns(body["customer"]),
+            "line_items": body.get("line_items"),
+            "tags": body.get("tags") or [],
+            "metadata": body.get("metadata"),
+        },
+    )
+    return render_checkout(row), 201 if created else 200
+
+
+def update_abandoned(
+    table: str, label: str, store_id: int, external_id: str, body: Body
+) -> Response:
+    """PATCH /checkouts/{id} and /carts/{id}."""
+    row = storage().patch(table, store_id, external_id, changes(body))
+    if row is None:
+        raise not_found(label)
+    return render_checkout(row), 200

@@ -1,0 +1,97 @@
+"""The four documented auth outcomes, key scopes, pausing and revocation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from kanal.storage import Storage
+
+from .conftest import OTHER_STORE, STORE, Api
+
+ORDER = {
+    "external_id": "ORDER-1",
+    "placed_at": "2026-05-18T10:00:00Z",
+    "total_price": 1,
+    "customer": {"phone": "+33612345678"},
+}
+
+
+def test_missing_key_is_401(client: TestClient) -> None:
+    response = client.post(f"/api/v1/stores/{STORE}/orders", json=ORDER)
+    assert response.status_code == 401
+    assert response.json() == {"error": "API key is missing"}
+
+
+def test_unknown_key_is_401(api: Api) -> None:
+    for key in ("A" * 24, "nope", ""):
+        response = api.post("orders", ORDER, headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 401
+        assert response.json() == {"error": "Invalid API key"}
+
+
+def test_other_scheme_is_invalid(api: Api) -> None:
+    response = api.post("orders", ORDER, headers={"Authorization": f"Basic {api.key}"})
+    assert (response.status_code, response.json()) == (401, {"error": "Invalid API key"})
+
+
+def test_store_key_for_another_store_is_403(api: Api, keys: dict[str, Any]) -> None:
+    response = api.post("orders", ORDER, store=OTHER_STORE)
+    assert response.status_code == 403
+    assert response.json() == {"error": "API key does not authorize this store"}
+
+
+def test_team_key_covers_its_team_stores_only(api: Api, keys: dict[str, Any]) -> None:
+    team = api.headers(keys["team"])
+    assert api.post("orders", ORDER, headers=team).status_code == 201
+    response = api.post("orders", ORDER, headers=team, store=OTHER_STORE)
+    assert response.status_code == 403
+
+
+def test_unknown_store_is_404(api: Api) -> None:
+    for store in (999, 0, -5):
+        response = api.post("orders", ORDER, store=store)
+        assert response.status_code == 404
+        assert response.json() == {"error": "Store not found or paused"}
+
+
+def test_huge_store_id_is_404_not_500(api: Api) -> None:
+    response = api.client.post(
+        "/api/v1/stores/99999999999999999999999/orders", json=ORDER, headers=api.headers()
+    )
+    assert response.status_code == 404
+
+
+def test_paused_store_is_404(api: Api, storage: Storage) -> None:
+    storage.update_store(STORE, {"paused": 1})
+    response = api.post("orders", ORDER)
+    assert (response.status_code, response.json()) == (404, {"error": "Store not found or paused"})
+    storage.update_store(STORE, {"paused": 0})
+    assert api.post("orders", ORDER).status_code == 201
+
+
+def test_revoked_key_stops_at_once(api: Api, storage: Storage) -> None:
+    assert api.post("orders", ORDER).status_code == 201
+    key_id = next(k["id"] for k in storage.list_keys() if k["name"] == "store")
+    assert storage.delete_key(key_id)
+    response = api.post("orders", ORDER)
+    assert (response.status_code, response.json()) == (401, {"error": "Invalid API key"})
+
+
+def test_auth_comes_before_validation(client: TestClient) -> None:
+    response = client.post(f"/api/v1/stores/{STORE}/orders", json={"bad": True})
+    assert response.status_code == 401
+
+
+def test_keys_are_stored_hashed(storage: Storage, keys: dict[str, Any]) -> None:
+    rows = storage.conn.execute("SELECT * FROM api_keys").fetchall()
+    dump = repr([dict(r) for r in rows])
+    for token in keys.values():
+        assert len(token) == 24 and token.isalnum()
+        assert token not in dump
+
+
+def test_healthz_needs_no_key(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})

@@ -1,0 +1,71 @@
+"""Formats are really checked (jsonschema silently skips a format whose library is missing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kanal.validation import FORMAT_CHECKER, current_region
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("2026-05-18T10:00:00Z", True),
+        ("2026-05-18T10:00:00.250+02:00", True),
+        ("2026-05-18", False),
+        ("2026-05-18T10:00:00", False),
+        ("2026-13-01T00:00:00Z", False),
+        ("0001-01-01T00:00:00+01:00", False),
+        ("2026-05-18T23:59:60Z", False),
+    ],
+)
+def test_format_date_time_is_checked(value: str, ok: bool) -> None:
+    assert FORMAT_CHECKER.conforms(value, "date-time") is ok
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("marie@example.com", True),
+        ("marie@", False),
+        ("@example.com", False),
+        ("marie@@example.com", False),
+        ("marie example@example.com", False),
+    ],
+)
+def test_format_email_is_checked(value: str, ok: bool) -> None:
+    assert FORMAT_CHECKER.conforms(value, "email") is ok
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("https://shop.example.com/checkout/recover/7700", True),
+        ("not a url", False),
+        ("https://exa mple.com/", False),
+        ("//no-scheme.example.com", False),
+    ],
+)
+def test_format_uri_is_checked(value: str, ok: bool) -> None:
+    assert FORMAT_CHECKER.conforms(value, "uri") is ok
+
+
+@pytest.mark.parametrize(
+    "value, region, ok",
+    [
+        ("+33612345678", None, True),
+        ("06 12 34 56 78", "FR", True),
+        ("06 12 34 56 78", None, False),
+        ("(202) 555-0123", "US", True),
+        ("555-0123", "US", False),
+        ("+1 202-456-1111", "FR", True),
+        ("+33 6 12", "FR", False),
+        ("hello", "FR", False),
+    ],
+)
+def test_format_phone_is_checked(value: str, region: str | None, ok: bool) -> None:
+    token = current_region.set(region)
+    try:
+        assert FORMAT_CHECKER.conforms(value, "phone") is ok
+    finally:
+        current_region.reset(token)
