@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 import click
+import phonenumbers
 
 from kanal import auth
 from kanal.app import DEFAULT_DB
@@ -41,7 +42,12 @@ def stores() -> None:
 @click.option("--id", "store_id", type=click.IntRange(1, auth.MAX_STORE_ID), required=True)
 @click.option("--name", required=True, help="The shop's name.")
 @click.option("--team", "team_id", type=click.IntRange(1), help="The team that owns the store.")
-@click.option("--region", default="FR", show_default=True, help="Default phone region (ISO 3166).")
+@click.option(
+    "--region",
+    callback=lambda _ctx, _param, value: _region(value),
+    help="ISO 3166 region for phone numbers without a country code "
+    "(default: none, numbers must start with +).",
+)
 @click.option(
     "--rate-limit",
     type=click.IntRange(1),
@@ -55,7 +61,7 @@ def stores_create(
     store_id: int,
     name: str,
     team_id: int | None,
-    region: str,
+    region: str | None,
     rate_limit: int,
     paused: bool,
     db_path: str,
@@ -68,7 +74,7 @@ def stores_create(
                 "id": store_id,
                 "name": name,
                 "team_id": team_id,
-                "region": region.upper(),
+                "region": region,
                 "rate_limit": rate_limit,
                 "paused": int(paused),
             }
@@ -81,7 +87,11 @@ def stores_create(
 @stores.command("update")
 @click.argument("store_id", type=int)
 @click.option("--name")
-@click.option("--region")
+@click.option(
+    "--region",
+    callback=lambda _ctx, _param, value: _region(value),
+    help="ISO 3166 region for phone numbers without a country code.",
+)
 @click.option("--rate-limit", type=click.IntRange(1), help="Requests per minute.")
 @click.option("--paused/--active", default=None, help="Pause or resume the store.")
 @db_option
@@ -96,7 +106,7 @@ def stores_update(
     """Rename, pause or resume a store, or change its region or rate limit."""
     changes: dict[str, Any] = {
         "name": name,
-        "region": region and region.upper(),
+        "region": region,
         "rate_limit": rate_limit,
         "paused": None if paused is None else int(paused),
     }
@@ -114,6 +124,14 @@ def stores_list(db_path: str) -> None:
     """List stores."""
     for store in Storage(db_path).list_stores():
         click.echo(_describe_store(store))
+
+
+def _region(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise click.BadParameter(f"{value!r} is not a region phone numbers know (e.g. FR, US)")
+    return value.upper()
 
 
 def _describe_store(store: dict[str, Any]) -> str:

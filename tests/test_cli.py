@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from kanal.cli import main
@@ -68,15 +69,22 @@ def test_paused_flag_and_update(db: str) -> None:
     assert run("stores", "update", "6", "--paused", db=db)[0] == 1
 
 
-def test_db_defaults_to_env_then_kanal_db(tmp_path: Path) -> None:
+def test_region_must_be_known(db: str) -> None:
+    code, out = run("stores", "create", "--id", "1", "--name", "S", "--region", "XX", db=db)
+    assert code == 2 and "not a region" in out
+    code, out = run("stores", "create", "--id", "1", "--name", "S", db=db)
+    assert code == 0 and "region=None" in out
+
+
+def test_db_defaults_to_env_then_kanal_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_db = tmp_path / "env.db"
     result = CliRunner().invoke(
         main, ["stores", "create", "--id", "1", "--name", "S"], env={"KANAL_DB": str(env_db)}
     )
     assert result.exit_code == 0 and env_db.exists()
-    with CliRunner().isolated_filesystem(temp_dir=tmp_path) as here:
-        result = CliRunner().invoke(main, ["stores", "list"], env={"KANAL_DB": None})
-        assert result.exit_code == 0 and (Path(here) / "kanal.db").exists()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["stores", "list"], env={"KANAL_DB": None})
+    assert result.exit_code == 0 and (tmp_path / "kanal.db").exists()
 
 
 def test_installed_command_serves_and_revocation_is_immediate(db: str) -> None:
