@@ -1,9 +1,15 @@
 """GET /healthz."""
 
+import sqlite3
+
+from kanal.errors import error
 from kanal.records import storage
 
 
 async def get_health() -> dict[str, str]:
-    """Check that the service is up."""
-    storage().ping()
+    """Check that the service is up and its database answers."""
+    try:
+        storage().ping()
+    except sqlite3.Error:
+        raise error(503, "Database unavailable") from None
     return {"status": "ok"}

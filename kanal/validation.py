@@ -45,7 +45,11 @@ def _is_email(value: object) -> bool:
     if not isinstance(value, str):
         return True
     try:
-        validate_email(value, check_deliverability=False)
+        # Syntax only (RFC 5321/5322): no DNS, and special-use domains such as
+        # example.test are addresses too.
+        validate_email(
+            value, check_deliverability=False, globally_deliverable=False, test_environment=True
+        )
     except EmailNotValidError:
         return False
     return True

@@ -132,7 +132,7 @@ for prefix, resources in (("customer.", HOLDERS), ("", ("customers",))):
         rule(resources, f"{prefix}{name}", s(255), None)
         rule(resources, f"{prefix}{name}", s(256), MAXLEN, 255)
     rule(resources, f"{prefix}email", email(254), None)
-    rule(resources, f"{prefix}email", email(256), MAXLEN, 255)
+    rule(resources, f"{prefix}email", email(255), MAXLEN, 254)
     rule(resources, f"{prefix}email", "marie@", "The {} field must be a valid email address.")
     rule(resources, f"{prefix}locale", s(10), None)
     rule(resources, f"{prefix}locale", s(11), MAXLEN, 10)
