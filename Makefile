@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    install into .venv, create demo store 123 and its key, serve on :8080
-#   make test   install into .venv (with the dev tools), lint, and run every test
+#   make test   install everything (Python and npm tools), lint code and contract,
+#               run pytest, then fuzz the real server with Schemathesis
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format install clean
+.PHONY: run test lint contract pytest conformance conformance-deep install format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +15,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	rm -f node_modules/.installed-* && touch $@
+
+install: $(STAMP) $(NODE_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/kanal demo
@@ -22,12 +28,27 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Redocly + Spectral with zero errors and zero warnings, and the breaking-change guard.
+contract: $(STAMP) $(NODE_STAMP)
+	$(VENV)/bin/python -m conformance.lint
+
+pytest: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+# Schemathesis, every check and every phase, against a real server (CI depth: fixed seed).
+conformance: $(STAMP)
+	$(VENV)/bin/python -m conformance.run
+
+# Release depth: hundreds of examples per operation, random seed, no time cap.
+conformance-deep: $(STAMP)
+	$(VENV)/bin/python -m conformance.run --deep
+
+test: lint contract pytest conformance
+
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
-	$(VENV)/bin/python -m pytest
-
 clean:
-	rm -rf $(VENV) kanal.db kanal.db-wal kanal.db-shm .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules kanal.db kanal.db-wal kanal.db-shm .pytest_cache .ruff_cache \
+		.hypothesis .schemathesis conformance/reports

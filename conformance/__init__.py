@@ -1,0 +1,1 @@
+"""Schemathesis conformance: the real server fuzzed against openapi.yaml."""

@@ -1,0 +1,38 @@
+"""Schemathesis hooks: teach the generator the spec's one custom format.
+
+``format: phone`` (openapi.yaml, ``Phone``) means "a number phonenumbers can
+parse and validate"; generic strings are not phone numbers. Valid examples come
+from phonenumbers itself: an example number of every type for every region, in
+E.164 and international notation, plus national notation for the conformance
+store's region (FR). Invalid phones are still produced by the negative phases
+(wrong type, empty, too long) and are covered by tests/test_field_rules.py.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+import schemathesis
+from hypothesis import strategies as st
+
+STORE_REGION = "FR"
+
+
+def _valid_numbers() -> list[str]:
+    numbers: set[str] = set()
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None or not phonenumbers.is_valid_number(example):
+                continue
+            numbers.add(phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164))
+            numbers.add(
+                phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+            )
+            if region == STORE_REGION:
+                numbers.add(
+                    phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+                )
+    return sorted(numbers)
+
+
+schemathesis.openapi.format("phone", st.sampled_from(_valid_numbers()))
