@@ -14,6 +14,7 @@ It exits with Schemathesis's status.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -118,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         "--max-examples",
         str(examples),
         "--report",
-        "junit",
+        "junit,ndjson",
         "--report-junit-path",
         str(reports / "junit.xml"),
+        "--report-ndjson-path",
+        str(reports / "events.ndjson"),
         *(["--seed", str(seed)] if seed is not None else []),
         *extra,
     ]
@@ -135,12 +138,34 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    cases, failed = summarize(reports / "events.ndjson")
+    for phase, count in cases.items():
+        print(f"  {phase:<9} {count:>6} test cases, {failed.get(phase, 0)} failed scenarios")
     print(
-        f"conformance: {'passed' if status == 0 else 'FAILED'} in "
-        f"{time.monotonic() - started:.0f}s ({examples} examples per operation, seed {seed}); "
-        f"JUnit report: {reports / 'junit.xml'}"
+        f"Schemathesis exit {status} in {elapsed:.0f}s ({examples} examples per operation, "
+        f"seed {seed}); JUnit report: {reports / 'junit.xml'}"
     )
+    total_failed = sum(failed.values()) or (1 if status else 0)
+    print(f"conformance: {sum(cases.values())} passed, {total_failed} failed")
     return status
+
+
+def summarize(events: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Test cases generated and failed scenarios per phase, from the NDJSON event log."""
+    cases: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    if not events.exists():
+        return cases, failed
+    for line in events.read_text().splitlines():
+        event = json.loads(line).get("ScenarioFinished")
+        if event is None:
+            continue
+        phase = event["phase"]
+        cases[phase] = cases.get(phase, 0) + len(event["recorder"].get("cases", {}))
+        if event["status"] in ("failure", "error"):
+            failed[phase] = failed.get(phase, 0) + 1
+    return cases, failed
 
 
 if __name__ == "__main__":
