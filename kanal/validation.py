@@ -20,10 +20,17 @@ from typing import Any
 
 import rfc3987
 from connexion.datastructures import MediaTypeDict
-from connexion.json_schema import Draft4RequestValidator
-from connexion.validators import AbstractRequestBodyValidator, ParameterValidator
+from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator
+from connexion.validators import (
+    AbstractRequestBodyValidator,
+    JSONResponseBodyValidator,
+    ParameterValidator,
+    TextResponseBodyValidator,
+)
 from email_validator import EmailNotValidError, validate_email
-from jsonschema import FormatChecker, ValidationError
+from jsonschema import Draft4Validator, FormatChecker, ValidationError
+from jsonschema.exceptions import best_match
+from jsonschema.validators import extend
 from starlette.types import Receive, Scope
 
 from kanal import formats
@@ -114,6 +121,9 @@ def laravel_messages(err: ValidationError, prefix: Iterable[Any] = ()) -> Iterat
         yield field, f"The {field} field is required."
     elif kind == "type":
         yield field, TYPE_MESSAGES.get(value, "The {} field is invalid.").format(field)
+    elif kind in ("oneOf", "anyOf") and err.context:
+        # A nullable reference (oneOf: [Enum, NoStatus]): report the closest branch.
+        yield from laravel_messages(best_match(err.context), prefix)
     elif kind == "enum":
         yield field, f"The selected {field} is invalid."
     elif kind == "minLength" and value == 1:
@@ -152,15 +162,26 @@ def collect(errors: Iterable[ValidationError], prefix: Iterable[Any] = ()) -> di
     return grouped
 
 
-_compiled: dict[int, tuple[dict, Any]] = {}
+def _nullable_all_of(validator: Any, all_of: Any, instance: Any, schema: dict) -> Any:
+    """``nullable: true`` beside ``allOf`` admits null (a nullable reference in OAS 3.0)."""
+    if instance is None and schema.get("nullable"):
+        return
+    yield from Draft4Validator.VALIDATORS["allOf"](validator, all_of, instance, schema)
 
 
-def compiled(schema: dict) -> Any:
-    """The Draft 4 (+ nullable) validator for a schema, built once."""
-    entry = _compiled.get(id(schema))
+RequestValidator = extend(Draft4RequestValidator, {"allOf": _nullable_all_of})
+ResponseValidator = extend(Draft4ResponseValidator, {"allOf": _nullable_all_of})
+_compiled: dict[tuple[int, bool], tuple[dict, Any]] = {}
+
+
+def compiled(schema: dict, *, response: bool = False) -> Any:
+    """The Draft 4 (+ OpenAPI nullable) validator for a schema, built once."""
+    key = (id(schema), response)
+    entry = _compiled.get(key)
     if entry is None or entry[0] is not schema:
-        entry = (schema, Draft4RequestValidator(schema, format_checker=FORMAT_CHECKER))
-        _compiled[id(schema)] = entry
+        kind = ResponseValidator if response else RequestValidator
+        entry = (schema, kind(schema, format_checker=FORMAT_CHECKER))
+        _compiled[key] = entry
     return entry[1]
 
 
@@ -243,7 +264,18 @@ class ParametersValidator(ParameterValidator):
             raise ValidationFailed(errors)
 
 
+class ResponseBodyValidator(JSONResponseBodyValidator):
+    """Connexion's response validation, with the same compiled (nullable-aware) validators."""
+
+    @property
+    def validator(self) -> Any:
+        return compiled(self._schema, response=True)
+
+
 VALIDATOR_MAP = {
     "parameter": ParametersValidator,
     "body": MediaTypeDict({"*/*json": BodyValidator}),
+    "response": MediaTypeDict(
+        {"*/*json": ResponseBodyValidator, "text/plain": TextResponseBodyValidator}
+    ),
 }
