@@ -7,7 +7,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint contract pytest conformance conformance-deep install format clean
+.PHONY: run test lint contract pytest conformance conformance-deep clients install format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,23 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Redocly + Spectral with zero errors and zero warnings, and the breaking-change guard.
+# Every operation has a handler; Redocly + Spectral with zero errors and zero warnings;
+# the breaking-change guard.
 contract: $(STAMP) $(NODE_STAMP)
+	$(VENV)/bin/kanal stubs --check
 	$(VENV)/bin/python -m conformance.lint
 
-pytest: $(STAMP)
+# The client tests need the npm tools (openapi-typescript, tsc) too.
+pytest: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Generate the Python client (build/kanal-client) and the TypeScript types.
+clients: $(STAMP) $(NODE_STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/openapi-python-client generate \
+		--path openapi.yaml --config clients/python/config.yaml \
+		--output-path build/kanal-client --overwrite
+	node_modules/.bin/openapi-typescript openapi.yaml -o clients/typescript/schema.d.ts
+	node_modules/.bin/tsc --noEmit -p clients/typescript
 
 # Schemathesis, every check and every phase, against a real server (CI depth: fixed seed).
 conformance: $(STAMP)
@@ -51,4 +62,4 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules kanal.db kanal.db-wal kanal.db-shm .pytest_cache .ruff_cache \
-		.hypothesis .schemathesis conformance/reports
+		.hypothesis .schemathesis conformance/reports build clients/typescript/schema.d.ts

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
 from connexion.middleware import ConnexionMiddleware
 from connexion.middleware.context import ContextMiddleware
 from connexion.middleware.security import SecurityMiddleware
+from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,35 +27,50 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kanal import errors, validation
 from kanal.auth import AuthMiddleware
 from kanal.storage import Storage, current
+from kanal.stubs import controller_for, snake_case
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "openapi.yaml"
 MAX_BODY = 1024 * 1024
 DEFAULT_DB = "kanal.db"
-
-
-def snake_case(name: str) -> str:
-    """``upsertOrder`` -> ``upsert_order``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+#: The contract (openapi.json, openapi.yaml) and Swagger UI are served under the API's base path.
+DOCS_BASE = "/api/v1"
 
 
 class SnakeCaseResolver(Resolver):
-    """Route camelCase operationIds to snake_case functions of the operation's controller."""
+    """Route camelCase operationIds to snake_case functions of the operation's controller.
+
+    The same rule tells ``kanal stubs`` where to write a missing handler.
+    """
 
     def resolve_operation_id(self, operation: Any) -> str:
-        name = snake_case(operation.operation_id)
-        controller = operation.router_controller
-        return f"{controller}.{name}" if controller else name
+        return f"{controller_for(operation._operation)}.{snake_case(operation.operation_id)}"
 
 
-def _json(status: int, message: str) -> tuple[Message, Message]:
-    body = json.dumps({"error": message}).encode()
-    start = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+def contract_documents() -> dict[str, tuple[bytes, bytes]]:
+    """openapi.json and openapi.yaml as served: the contract with its named components
+    and $refs intact (what client generators need), ``servers`` pointing at the host
+    that serves them so Swagger UI's "Try it out" calls this server."""
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["servers"] = [{"url": "", "description": "The server that serves this document."}]
+    return {
+        f"{DOCS_BASE}/openapi.json": (b"application/json", json.dumps(spec).encode()),
+        f"{DOCS_BASE}/openapi.yaml": (
+            b"application/yaml",
+            yaml.safe_dump(spec, sort_keys=False, allow_unicode=True).encode(),
+        ),
     }
-    return start, {"type": "http.response.body", "body": body}
+
+
+async def _send(send: Send, status: int, content_type: bytes, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class KanalASGI:
@@ -63,10 +79,15 @@ class KanalASGI:
     def __init__(self, app: ASGIApp, storage: Storage) -> None:
         self.app = app
         self.storage = storage
+        self.documents = contract_documents()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        document = self.documents.get(scope["path"])
+        if document is not None and scope["method"] in ("GET", "HEAD"):
+            await _send(send, 200, *document)
             return
         current.set(self.storage)
         state: dict[str, Any] = {}
@@ -98,8 +119,7 @@ class KanalASGI:
             if status == 413
             else "Invalid Content-Length header."
         )
-        for part in _json(status, message):
-            await send(part)
+        await _send(send, status, b"application/json", json.dumps({"error": message}).encode())
 
 
 def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
@@ -156,7 +176,12 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
         __name__,
         specification_dir=str(ROOT),
         middlewares=middlewares,
-        swagger_ui_options=None,
+        # Connexion serves Swagger UI; the documents it reads are served by KanalASGI.
+        swagger_ui_options=SwaggerUIOptions(
+            serve_spec=False,
+            spec_path=f"{DOCS_BASE}/openapi.json",
+            swagger_ui_path=f"{DOCS_BASE}/ui",
+        ),
     )
     app.add_api(
         SPEC.name,

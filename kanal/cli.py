@@ -280,3 +280,24 @@ def run_server(db_path: str, host: str, port: int, workers: int) -> None:
         log_level="warning",
         access_log=False,
     )
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if any handler is missing.")
+def stubs(check: bool) -> None:
+    """Write a 501 handler stub for every operation of openapi.yaml that has none."""
+    from kanal import stubs as stubs_module
+    from kanal.app import ROOT, SPEC
+
+    missing = stubs_module.missing(ROOT, SPEC)
+    if check:
+        for stub in missing:
+            click.echo(f"missing: {stub.label}")
+        if missing:
+            raise SystemExit(1)
+        click.echo("Every operation has a handler.")
+        return
+    for stub, path in zip(missing, stubs_module.write(ROOT, missing), strict=True):
+        click.echo(f"wrote {stub.label} to {path.relative_to(ROOT)}")
+    if not missing:
+        click.echo("Every operation has a handler; nothing to write.")

@@ -134,9 +134,11 @@ class Server:
         self.db, self.workers, self.port = db, workers, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cwd: Path = ROOT
+        self.env: dict[str, str] = {}
 
     def start(self) -> Server:
-        env = {**os.environ, "KANAL_VALIDATE_RESPONSES": "1"}
+        env = {**os.environ, "KANAL_VALIDATE_RESPONSES": "1", **self.env}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -150,7 +152,7 @@ class Server:
                 "--workers",
                 str(self.workers),
             ],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

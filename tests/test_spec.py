@@ -69,7 +69,7 @@ def test_every_schema_property_is_described() -> None:
 def test_handlers_exist_for_every_operation() -> None:
     import importlib
 
-    from kanal.app import snake_case
+    from kanal.stubs import snake_case
 
     for _, _, op in OPERATIONS:
         module = importlib.import_module(op["x-openapi-router-controller"])
