@@ -1,5 +1,8 @@
-"""Checkouts: POST upsert, PATCH status. Carts share this logic (kanal.records)."""
+"""Checkouts: POST upsert, PATCH status, reads. Carts share this logic (kanal.records)."""
 
+from typing import Any
+
+from kanal import reads
 from kanal.records import Body, Response, update_abandoned, upsert_abandoned
 
 
@@ -9,5 +12,20 @@ async def upsert_checkout(store_id: int, body: Body) -> Response:
 
 
 async def update_checkout(store_id: int, external_id: str, body: Body) -> Response:
-    """Update a checkout's status, recovery URL, tags or metadata."""
+    """Update a checkout's status, recovery URL, tags, metadata or notifications."""
     return update_abandoned("checkouts", "Checkout", store_id, external_id, body)
+
+
+async def list_checkouts(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
+    """List checkouts."""
+    return reads.listing("checkouts", store_id, params)
+
+
+async def count_checkouts(store_id: int, **params: Any) -> Body:
+    """Count checkouts."""
+    return reads.counting("checkouts", store_id, params)
+
+
+async def get_checkout(store_id: int, external_id: str) -> Body:
+    """Retrieve a checkout, with its recovery and notification state."""
+    return reads.by_external_id("checkouts", store_id, external_id)

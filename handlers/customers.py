@@ -1,8 +1,11 @@
-"""Customers: POST upsert, DELETE (GDPR erasure)."""
+"""Customers: POST upsert, DELETE (GDPR erasure), reads."""
+
+from typing import Any
 
 from starlette.responses import Response as NoContent
 
-from kanal.records import Body, Response, phone, storage
+from kanal import reads
+from kanal.records import Body, Response, phone, storage, upsert_linked
 
 
 def render(row: Body) -> Body:
@@ -28,7 +31,7 @@ async def upsert_customer(store_id: int, body: Body) -> Response:
         if external_id is not None
         else {"external_id": None, "phone": number, "deleted_at": None}
     )
-    row, created = storage().upsert(
+    row, created = upsert_linked(
         "customers",
         store_id,
         {
@@ -51,3 +54,23 @@ async def delete_customer(store_id: int, external_id: str) -> NoContent:
     """Erase a customer (GDPR): by external_id, or by phone for one keyed by phone."""
     storage().erase_customer(store_id, external_id, phone(external_id))
     return NoContent(status_code=204)
+
+
+async def list_customers(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
+    """List customers (erased ones are gone)."""
+    return reads.listing("customers", store_id, params)
+
+
+async def count_customers(store_id: int, **params: Any) -> Body:
+    """Count customers."""
+    return reads.counting("customers", store_id, params)
+
+
+async def get_customer(store_id: int, external_id: str) -> Body:
+    """Retrieve a customer by external_id, or by phone for one keyed by phone."""
+    number = phone(external_id)
+    return reads.retrieve(
+        "customers",
+        store_id,
+        [("(external_id = ? OR (external_id IS NULL AND phone = ?))", (external_id, number))],
+    )

@@ -1,8 +1,10 @@
-"""Orders: POST upsert, PATCH status."""
+"""Orders: POST upsert (with recovery attribution), PATCH status, reads."""
 
-from kanal import formats
+from typing import Any
+
+from kanal import formats, reads
 from kanal.errors import not_found
-from kanal.records import Body, Response, changes, customer_columns, storage
+from kanal.records import Body, Response, changes, customer_columns, storage, upsert_linked
 
 
 def render(row: Body) -> Body:
@@ -20,7 +22,7 @@ def render(row: Body) -> Body:
 
 async def upsert_order(store_id: int, body: Body) -> Response:
     """Create or update an order."""
-    row, created = storage().upsert(
+    row, created = upsert_linked(
         "orders",
         store_id,
         {
@@ -45,3 +47,18 @@ async def update_order(store_id: int, external_id: str, body: Body) -> Response:
     if row is None:
         raise not_found("Order")
     return render(row), 200
+
+
+async def list_orders(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
+    """List orders."""
+    return reads.listing("orders", store_id, params)
+
+
+async def count_orders(store_id: int, **params: Any) -> Body:
+    """Count orders."""
+    return reads.counting("orders", store_id, params)
+
+
+async def get_order(store_id: int, external_id: str) -> Body:
+    """Retrieve an order."""
+    return reads.by_external_id("orders", store_id, external_id)

@@ -1,5 +1,8 @@
 """Shipments: POST upsert (no PATCH: a POST with the same external_id replaces)."""
 
+from typing import Any
+
+from kanal import reads
 from kanal.records import Body, Response, require_order, storage
 
 
@@ -29,3 +32,18 @@ async def upsert_shipment(store_id: int, body: Body) -> Response:
         "carrier": row["carrier"],
         "status": row["status"],
     }, 201 if created else 200
+
+
+async def list_shipments(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
+    """List shipments."""
+    return reads.listing("shipments", store_id, params)
+
+
+async def count_shipments(store_id: int, **params: Any) -> Body:
+    """Count shipments."""
+    return reads.counting("shipments", store_id, params)
+
+
+async def get_shipment(store_id: int, external_id: str) -> Body:
+    """Retrieve a shipment."""
+    return reads.by_external_id("shipments", store_id, external_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,48 @@ def contract_documents() -> dict[str, tuple[bytes, bytes]]:
     }
 
 
-async def _send(send: Send, status: int, content_type: bytes, body: bytes) -> None:
+async def _send(
+    send: Send,
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", b"%d" % len(body)),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class PathTable:
+    """Which methods a URL path supports, by the spec's own matching rule: a concrete
+    path wins over a templated one (``/orders/count`` is not the order ``count``)."""
+
+    def __init__(self, paths: dict[str, Any]) -> None:
+        ordered = sorted(paths.items(), key=lambda item: item[0].count("{"))
+        self.routes = []
+        for path, item in ordered:
+            pattern = re.escape(path)
+            pattern = re.sub(r"\\\{[^}/]+\\\}", "[^/]+", pattern)
+            methods = {m.upper() for m in item if m in ("get", "put", "post", "patch", "delete")}
+            if "GET" in methods:
+                methods.add("HEAD")
+            self.routes.append((re.compile(f"^{pattern}$"), frozenset(methods)))
+
+    def methods(self, path: str) -> frozenset[str] | None:
+        """The methods of the most specific path that matches, or None."""
+        for pattern, methods in self.routes:
+            if pattern.match(path):
+                return methods
+        return None
 
 
 class KanalASGI:
@@ -80,6 +114,7 @@ class KanalASGI:
         self.app = app
         self.storage = storage
         self.documents = contract_documents()
+        self.paths = PathTable(yaml.safe_load(SPEC.read_text())["paths"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +123,17 @@ class KanalASGI:
         document = self.documents.get(scope["path"])
         if document is not None and scope["method"] in ("GET", "HEAD"):
             await _send(send, 200, *document)
+            return
+        methods = self.paths.methods(scope["path"])
+        if methods is not None and scope["method"] not in methods:
+            body = json.dumps({"error": "Method not allowed"}).encode()
+            await _send(
+                send,
+                405,
+                b"application/json",
+                body,
+                [(b"allow", ", ".join(sorted(methods)).encode())],
+            )
             return
         current.set(self.storage)
         state: dict[str, Any] = {}
@@ -189,6 +235,8 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
         validator_map=validation.VALIDATOR_MAP,
         validate_responses=validate_responses,
         strict_validation=False,
+        # Parameter names as Python names: `from` arrives as `from_` (kanal stubs agrees).
+        pythonic_params=True,
     )
     app.add_error_handler(errors.ApiError, errors.api_error_handler)
     app.add_error_handler(HTTPException, errors.http_error_handler)

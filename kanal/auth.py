@@ -18,6 +18,7 @@ import hmac
 import re
 import secrets
 import string
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +31,9 @@ TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9]{24}")
 MAX_STORE_ID = 2**63 - 1
+
+#: The store the current request is for (its settings: region, attribution window...).
+current_store: ContextVar[dict[str, Any]] = ContextVar("current_store")
 
 
 def new_token() -> str:
@@ -94,5 +98,6 @@ class AuthMiddleware:
             raise ApiError(
                 429, {"message": "Too Many Attempts."}, {"Retry-After": str(retry_after)}
             )
+        current_store.set(shop)
         current_region.set(shop["region"])
         await self.app(scope, receive, send)

@@ -55,6 +55,13 @@ def stores() -> None:
     show_default=True,
     help="Requests per minute.",
 )
+@click.option(
+    "--attribution-days",
+    type=click.IntRange(1, 365),
+    default=7,
+    show_default=True,
+    help="Days after abandonment in which an order recovers a checkout or cart.",
+)
 @click.option("--paused", is_flag=True, help="Create the store paused (it answers 404).")
 @db_option
 def stores_create(
@@ -63,6 +70,7 @@ def stores_create(
     team_id: int | None,
     region: str | None,
     rate_limit: int,
+    attribution_days: int,
     paused: bool,
     db_path: str,
 ) -> None:
@@ -76,6 +84,7 @@ def stores_create(
                 "team_id": team_id,
                 "region": region,
                 "rate_limit": rate_limit,
+                "attribution_days": attribution_days,
                 "paused": int(paused),
             }
         )
@@ -94,6 +103,11 @@ def stores_create(
 )
 @click.option("--rate-limit", type=click.IntRange(1), help="Requests per minute.")
 @click.option("--paused/--active", default=None, help="Pause or resume the store.")
+@click.option(
+    "--attribution-days",
+    type=click.IntRange(1, 365),
+    help="Days after abandonment in which an order recovers a checkout or cart.",
+)
 @db_option
 def stores_update(
     store_id: int,
@@ -101,13 +115,15 @@ def stores_update(
     region: str | None,
     rate_limit: int | None,
     paused: bool | None,
+    attribution_days: int | None,
     db_path: str,
 ) -> None:
-    """Rename, pause or resume a store, or change its region or rate limit."""
+    """Rename, pause or resume a store, or change its region, rate limit or window."""
     changes: dict[str, Any] = {
         "name": name,
         "region": region,
         "rate_limit": rate_limit,
+        "attribution_days": attribution_days,
         "paused": None if paused is None else int(paused),
     }
     store = Storage(db_path).update_store(
@@ -138,7 +154,7 @@ def _describe_store(store: dict[str, Any]) -> str:
     return (
         f"store {store['id']} {store['name']!r} team={store['team_id']} "
         f"region={store['region']} rate_limit={store['rate_limit']}/min "
-        f"{'paused' if store['paused'] else 'active'}"
+        f"attribution={store['attribution_days']}d {'paused' if store['paused'] else 'active'}"
     )
 
 

@@ -45,6 +45,22 @@ def changes(body: Body) -> Body:
     return out
 
 
+def upsert_linked(
+    table: str, store_id: int, record: Body, key: Body | None = None
+) -> tuple[Body, bool]:
+    """Upsert a record that carries a phone, refresh its contact and, for an order,
+    attribute the recovery of an abandoned checkout or cart: one transaction."""
+    from kanal.reads import window_start  # reads builds on this module
+
+    store = storage()
+    with store.transaction():
+        row, created = store.upsert(table, store_id, record, key=key)
+        store.touch_contact(store_id, row.get("customer", row))
+        if table == "orders":
+            store.attribute(store_id, row, window_start(row["placed_at"]))
+    return row, created
+
+
 def require_order(store_id: int, external_id: str) -> Body:
     """The order a shipment points to; a 422 on ``order_external_id`` if missing."""
     order = storage().get("orders", store_id, external_id)
@@ -70,7 +86,7 @@ def render_checkout(row: Body) -> Body:
 
 def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
     """POST /checkouts and /carts: replace everything but the lifecycle status."""
-    row, created = storage().upsert(
+    row, created = upsert_linked(
         table,
         store_id,
         {
@@ -91,8 +107,10 @@ def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
 def update_abandoned(
     table: str, label: str, store_id: int, external_id: str, body: Body
 ) -> Response:
-    """PATCH /checkouts/{id} and /carts/{id}."""
-    row = storage().patch(table, store_id, external_id, changes(body))
+    """PATCH /checkouts/{id} and /carts/{id}; recovered or completed stamps recovered_at."""
+    recovered = body.get("status") in ("recovered", "completed")
+    unless_set = {"recovered_at": formats.now()} if recovered else None
+    row = storage().patch(table, store_id, external_id, changes(body), unless_set)
     if row is None:
         raise not_found(label)
     return render_checkout(row), 200

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -39,8 +40,20 @@ CHECKOUT = {
     "tags": str,
     "metadata": str,
     **STAMPS,
+    "recovered_at": str,
+    "recovered_order_external_id": str,
+    "notifications_enabled": int,
+    "notification_status": str,
+    "notifications_scheduled_at": str,
+}
+CHECKOUT_DEFAULTS = {
+    "status": "abandoned",
+    "notifications_enabled": 1,
+    "notification_status": "not_scheduled",
+    "notifications_scheduled_at": "[]",
 }
 TABLES: dict[str, dict[str, Any]] = {
+    "settings": {"key": str, "value": str},
     "teams": {"name": str, "created_at": str},
     "stores": {
         "team_id": int,
@@ -49,6 +62,7 @@ TABLES: dict[str, dict[str, Any]] = {
         "rate_limit": int,
         "paused": int,
         "created_at": str,
+        "attribution_days": int,
     },
     "api_keys": {
         "name": str,
@@ -87,6 +101,15 @@ TABLES: dict[str, dict[str, Any]] = {
         "deleted_at": str,
         **STAMPS,
     },
+    "contacts": {
+        "store_id": int,
+        "phone": str,
+        "first_name": str,
+        "last_name": str,
+        "locale": str,
+        "last_activity_at": str,
+        **STAMPS,
+    },
     "shipments": {
         **RECORD,
         "order_id": int,
@@ -100,16 +123,26 @@ TABLES: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULTS = {
-    "stores": {"rate_limit": 60, "paused": 0},
-    "checkouts": {"status": "abandoned"},
-    "carts": {"status": "abandoned"},
+    "stores": {"rate_limit": 60, "paused": 0, "attribution_days": 7},
+    "checkouts": CHECKOUT_DEFAULTS,
+    "carts": CHECKOUT_DEFAULTS,
 }
-JSON_COLUMNS = {"customer", "line_items", "tags", "metadata"}
+JSON_COLUMNS = {"customer", "line_items", "tags", "metadata", "notifications_scheduled_at"}
+# Filtered columns, indexed after store_id (the rowid rides along, so pages stay ordered).
+FILTER_INDEXES = {
+    "orders": ["financial_status", "fulfillment_status"],
+    "checkouts": ["status"],
+    "carts": ["status"],
+    "shipments": ["status"],
+}
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 # Tables whose records embed a customer (erased on a GDPR request).
 HOLDERS = ("orders", "checkouts", "carts")
+ABANDONED = ("checkouts", "carts")
 PERSONAL = ("phone", "first_name", "last_name", "email")
 RATE_WINDOW = 60.0
+#: SQL conditions with their parameters, joined with AND.
+Where = Sequence[tuple[str, tuple[Any, ...]]]
 
 
 class Storage:
@@ -156,6 +189,15 @@ class Storage:
                 self.db.table(name).create_index(
                     ["store_id", "external_id"], unique=True, if_not_exists=True
                 )
+            for name in (*RESOURCES, "contacts"):
+                self.db.table(name).create_index(["store_id", "id"], if_not_exists=True)
+            for name, columns in FILTER_INDEXES.items():
+                for column in columns:
+                    self.db.table(name).create_index(["store_id", column], if_not_exists=True)
+            self.db.table("contacts").create_index(
+                ["store_id", "phone"], unique=True, if_not_exists=True
+            )
+            self.db.table("settings").create_index(["key"], unique=True, if_not_exists=True)
             for name in HOLDERS:
                 self.db.table(name).create_index(["store_id", "customer_phone"], if_not_exists=True)
                 self.db.table(name).create_index(
@@ -253,18 +295,28 @@ class Storage:
         return stored, created
 
     def patch(
-        self, table: str, store_id: int, external_id: str, changes: dict[str, Any]
+        self,
+        table: str,
+        store_id: int,
+        external_id: str,
+        changes: dict[str, Any],
+        unless_set: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Change only the given columns of a record; None when it does not exist."""
+        """Change only the given columns of a record; None when it does not exist.
+
+        ``unless_set`` columns take their value only where they are still null.
+        """
         values = {**self._encode(changes), "updated_at": formats.now()}
-        assignments = ", ".join(f"{column} = ?" for column in values)
+        assignments = [f"{column} = ?" for column in values]
+        assignments += [f"{column} = COALESCE({column}, ?)" for column in unless_set or {}]
+        params = (*values.values(), *(unless_set or {}).values())
         with self.transaction() as conn:
             row = conn.execute(
-                f"UPDATE {table} SET {assignments} WHERE store_id = ? AND external_id = ? "
-                "RETURNING *",
-                (*values.values(), store_id, external_id),
+                f"UPDATE {table} SET {', '.join(assignments)} "
+                "WHERE store_id = ? AND external_id = ? RETURNING id",
+                (*params, store_id, external_id),
             ).fetchone()
-        return self._decode(row)
+        return None if row is None else self._decode(self._find(table, {"id": row["id"]}))
 
     def get(self, table: str, store_id: int, external_id: str) -> dict[str, Any] | None:
         """The record of ``store_id`` with this external_id, or None."""
@@ -295,6 +347,10 @@ class Storage:
                 "WHERE store_id = ? AND (id = ? OR (phone IS NOT NULL AND phone = ?))",
                 (stamp, stamp, store_id, customer["id"], tel),
             )
+            if tel is not None:
+                conn.execute(
+                    "DELETE FROM contacts WHERE store_id = ? AND phone = ?", (store_id, tel)
+                )
             paths = ", ".join(f"'$.{column}', NULL" for column in PERSONAL)
             for table in HOLDERS:
                 conn.execute(
@@ -305,6 +361,175 @@ class Storage:
                     (stamp, store_id, ext, tel),
                 )
         return True
+
+    # -- reads ------------------------------------------------------------
+
+    def select_sql(
+        self,
+        table: str,
+        store_id: int,
+        where: Where = (),
+        *,
+        computed: tuple[str, tuple[Any, ...]] = ("", ()),
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = -1,
+    ) -> tuple[str, list[Any]]:
+        """The SQL of :meth:`select` (keyset pages on the (store_id, id) index)."""
+        clauses = ["store_id = ?", *(sql for sql, _ in where)]
+        params: list[Any] = [*computed[1], store_id]
+        for _, values in where:
+            params.extend(values)
+        if after is not None:
+            clauses.append("id > ?")
+            params.append(after)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        order = "DESC" if before is not None else "ASC"
+        sql = (
+            f"SELECT * FROM (SELECT *{computed[0]} FROM {table}) "
+            f"WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?"
+        )
+        return sql, [*params, limit]
+
+    def select(
+        self,
+        table: str,
+        store_id: int,
+        where: Where = (),
+        *,
+        computed: tuple[str, tuple[Any, ...]] = ("", ()),
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = -1,
+    ) -> list[dict[str, Any]]:
+        """Rows of one store, by id: after ``after`` ascending, or the last ones
+        before ``before`` (still returned ascending). ``computed`` adds columns
+        (``, expr AS name``) whose expressions may also appear in ``where``."""
+        sql, params = self.select_sql(
+            table, store_id, where, computed=computed, after=after, before=before, limit=limit
+        )
+        rows = [self._decode(r) for r in self.conn.execute(sql, params)]
+        return [r for r in (reversed(rows) if before is not None else rows) if r is not None]
+
+    def count(
+        self,
+        table: str,
+        store_id: int,
+        where: Where = (),
+        *,
+        computed: tuple[str, tuple[Any, ...]] = ("", ()),
+    ) -> int:
+        clauses = ["store_id = ?", *(sql for sql, _ in where)]
+        params: list[Any] = [*computed[1], store_id]
+        for _, values in where:
+            params.extend(values)
+        sql = (
+            f"SELECT count(*) FROM (SELECT *{computed[0]} FROM {table}) "
+            f"WHERE {' AND '.join(clauses)}"
+        )
+        return int(self.conn.execute(sql, params).fetchone()[0])
+
+    def secret(self) -> bytes:
+        """The key that signs pagination cursors: drawn once, shared by every worker."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO settings (key, value) VALUES ('cursor_secret', ?)",
+                (secrets.token_hex(32),),
+            )
+            value = conn.execute(
+                "SELECT value FROM settings WHERE key = 'cursor_secret'"
+            ).fetchone()[0]
+        return bytes.fromhex(value)
+
+    # -- contacts and recovery --------------------------------------------
+
+    def touch_contact(self, store_id: int, customer: dict[str, Any]) -> None:
+        """Create or refresh the contact of a customer's phone (names last seen)."""
+        if not customer.get("phone"):
+            return
+        stamp = formats.now()
+        self.conn.execute(
+            "INSERT INTO contacts (store_id, phone, first_name, last_name, locale, "
+            "last_activity_at, inserted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (store_id, phone) DO UPDATE SET "
+            "first_name = COALESCE(excluded.first_name, first_name), "
+            "last_name = COALESCE(excluded.last_name, last_name), "
+            "locale = COALESCE(excluded.locale, locale), "
+            "last_activity_at = excluded.last_activity_at, updated_at = excluded.updated_at",
+            (
+                store_id,
+                customer["phone"],
+                customer.get("first_name"),
+                customer.get("last_name"),
+                customer.get("locale"),
+                stamp,
+                stamp,
+                stamp,
+            ),
+        )
+
+    def attribute(
+        self, store_id: int, order: dict[str, Any], window_start: str
+    ) -> dict[str, Any] | None:
+        """Mark recovered the most recent abandoned checkout or cart of the order's
+        contact abandoned in [window_start, placed_at); once per order."""
+        phone, placed_at = order["customer_phone"], order["placed_at"]
+        if phone is None:
+            return None
+        for table in ABANDONED:
+            done = self.conn.execute(
+                f"SELECT 1 FROM {table} WHERE store_id = ? AND recovered_order_external_id = ?",
+                (store_id, order["external_id"]),
+            ).fetchone()
+            if done:
+                return None
+        best: tuple[str, sqlite3.Row] | None = None
+        for table in ABANDONED:
+            row = self.conn.execute(
+                f"SELECT id, abandoned_at FROM {table} WHERE store_id = ? AND customer_phone = ? "
+                "AND status = 'abandoned' AND recovered_at IS NULL "
+                "AND abandoned_at >= ? AND abandoned_at < ? ORDER BY abandoned_at DESC, id DESC",
+                (store_id, phone, window_start, placed_at),
+            ).fetchone()
+            if row is not None and (best is None or row["abandoned_at"] > best[1]["abandoned_at"]):
+                best = (table, row)
+        if best is None:
+            return None
+        table, row = best
+        self.conn.execute(
+            f"UPDATE {table} SET status = 'recovered', recovered_at = ?, "
+            "recovered_order_external_id = ?, updated_at = ? WHERE id = ?",
+            (placed_at, order["external_id"], formats.now(), row["id"]),
+        )
+        return {"table": table, "id": row["id"]}
+
+    def totals(
+        self, table: str, store_id: int, phones: list[str]
+    ) -> dict[str, list[tuple[str | None, str]]]:
+        """(currency, total_price) of the records of each phone."""
+        found: dict[str, list[tuple[str | None, str]]] = {phone: [] for phone in phones}
+        marks = ", ".join("?" for _ in phones)
+        for row in self.conn.execute(
+            f"SELECT customer_phone, currency, total_price FROM {table} "
+            f"WHERE store_id = ? AND customer_phone IN ({marks})",
+            (store_id, *phones),
+        ):
+            found[row[0]].append((row[1], row[2]))
+        return found
+
+    def customer_ids(self, store_id: int, phones: list[str]) -> dict[str, list[str]]:
+        """The external_ids of the live customers of each phone."""
+        found: dict[str, list[str]] = {phone: [] for phone in phones}
+        marks = ", ".join("?" for _ in phones)
+        for phone, external_id in self.conn.execute(
+            f"SELECT phone, external_id FROM customers WHERE store_id = ? AND phone IN ({marks}) "
+            "AND deleted_at IS NULL AND external_id IS NOT NULL ORDER BY id",
+            (store_id, *phones),
+        ):
+            found[phone].append(external_id)
+        return found
 
     # -- accounts ---------------------------------------------------------
 

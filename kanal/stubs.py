@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from connexion.decorators.parameter import sanitized
+from connexion.decorators.parameter import pythonic
 
 METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
 TYPES = {
@@ -105,7 +105,7 @@ def operations(spec: dict[str, Any]) -> list[Stub]:
                 schema = _resolve(spec, param.get("schema", {}))
                 params.append(
                     (
-                        sanitized(param["name"]),
+                        pythonic(param["name"]),
                         TYPES.get(schema.get("type"), "str"),
                         bool(param.get("required")),
                     )

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from kanal.stubs import Stub
+from kanal.stubs import Stub, operations
 
 from .conftest import ROOT, Server, make_accounts
 
@@ -122,3 +122,31 @@ def test_long_signatures_wrap_one_parameter_a_line() -> None:
     assert source.splitlines()[1] == "    parameter_number_0: str,"
     assert all(len(line) <= 100 for line in source.splitlines())
     compile(source, "<stub>", "exec")
+
+
+def test_parameter_names_are_pythonic_as_connexion_passes_them() -> None:
+    """Found writing the stats stub: a query parameter named `from` arrives as `from_`."""
+    spec = {
+        "paths": {
+            "/stats": {
+                "get": {
+                    "operationId": "getStats",
+                    "tags": ["Stats"],
+                    "summary": "Stats",
+                    "parameters": [
+                        {
+                            "name": "from",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "ok"}},
+                }
+            }
+        }
+    }
+    (stub,) = operations(spec)
+    assert (stub.module, stub.function) == ("handlers.stats", "get_stats")
+    assert stub.parameters == [("from_", "str", True)]
+    compile(stub.source(), "<stub>", "exec")

@@ -1,0 +1,1 @@
+"""Benchmarks: they start their own servers and print figures."""

@@ -1,0 +1,372 @@
+"""Reads: retrieve, list (filters and cursor pages, as Shopify does), count;
+contacts with their totals; the recovery lifecycle and its figures.
+
+Every read is scoped to the request's store. The recovery status of a checkout
+or cart is computed in SQL at read time from the store's attribution window,
+so retrieve, list filters and counts always agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from kanal import formats
+from kanal.auth import current_store
+from kanal.errors import error, not_found
+from kanal.records import Body, storage
+from kanal.storage import ABANDONED, Storage, Where
+
+Render = Callable[[Body], Body]
+NO_CURRENCY = "XXX"  # ISO 4217: "no currency"
+
+
+def window_start(moment: str, days: int | None = None) -> str:
+    """The start of the attribution window that ends at ``moment``."""
+    days = current_store.get()["attribution_days"] if days is None else days
+    parsed = datetime.fromisoformat(moment)
+    return (parsed - timedelta(days=days)).isoformat()
+
+
+def recovery_column() -> tuple[str, tuple[Any, ...]]:
+    """``recovery_status`` as SQL, for the current store's window, evaluated now."""
+    cutoff = window_start(datetime.now(UTC).isoformat())
+    return (
+        ", CASE WHEN recovered_at IS NOT NULL THEN 'recovered' "
+        "WHEN abandoned_at < ? THEN 'not_recovered' ELSE 'abandoned' END AS recovery_status",
+        (cutoff,),
+    )
+
+
+def totals(pairs: list[tuple[str | None, str]]) -> dict[str, str]:
+    """Exact sums of money strings per currency."""
+    sums: dict[str, Decimal] = {}
+    for currency, amount in pairs:
+        key = currency or NO_CURRENCY
+        sums[key] = sums.get(key, Decimal(0)) + Decimal(amount)
+    return {currency: str(total.quantize(formats.CENT)) for currency, total in sorted(sums.items())}
+
+
+def order_record(row: Body) -> Body:
+    return {
+        "id": row["id"],
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "total_price": row["total_price"],
+        "currency": row["currency"],
+        "financial_status": row["financial_status"],
+        "fulfillment_status": row["fulfillment_status"],
+        "customer": row["customer"],
+        "line_items": row["line_items"],
+        "tags": row["tags"] or [],
+        "metadata": row["metadata"],
+        "created_at": row["placed_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def checkout_record(row: Body) -> Body:
+    return {
+        "id": row["id"],
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "status": row["status"],
+        "total_price": row["total_price"],
+        "currency": row["currency"],
+        "recovery_url": row["recovery_url"],
+        "customer": row["customer"],
+        "line_items": row["line_items"],
+        "tags": row["tags"] or [],
+        "metadata": row["metadata"],
+        "created_at": row["abandoned_at"],
+        "updated_at": row["updated_at"],
+        "recovery_status": row["recovery_status"],
+        "recovered_at": row["recovered_at"],
+        "recovered_order_external_id": row["recovered_order_external_id"],
+        "notifications_enabled": bool(row["notifications_enabled"]),
+        "notification_status": row["notification_status"],
+        "notifications_scheduled_at": row["notifications_scheduled_at"] or [],
+    }
+
+
+def customer_record(row: Body) -> Body:
+    return {
+        "id": row["id"],
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "phone": row["phone"],
+        "first_name": row["first_name"],
+        "last_name": row["last_name"],
+        "email": row["email"],
+        "locale": row["locale"],
+        "tags": row["tags"] or [],
+        "lifetime_value": row["lifetime_value"],
+        "orders_count": row["orders_count"],
+        "created_at": row["inserted_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def shipment_record(row: Body) -> Body:
+    return {
+        "id": row["id"],
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "order_id": row["order_id"],
+        "order_external_id": row["order_external_id"],
+        "tracking_number": row["tracking_number"],
+        "tracking_url": row["tracking_url"],
+        "carrier": row["carrier"],
+        "status": row["status"],
+        "metadata": row["metadata"],
+        "created_at": row["inserted_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def contact_records(store: Storage, store_id: int, rows: list[Body]) -> list[Body]:
+    """Contacts with their linked customers and per-currency totals (four queries a page)."""
+    phones = [row["phone"] for row in rows]
+    if not phones:
+        return []
+    customers = store.customer_ids(store_id, phones)
+    money = {table: store.totals(table, store_id, phones) for table in ("orders", *ABANDONED)}
+    return [
+        {
+            "id": row["id"],
+            "store_id": row["store_id"],
+            "phone": row["phone"],
+            "first_name": row["first_name"],
+            "last_name": row["last_name"],
+            "locale": row["locale"],
+            "customer_external_ids": customers[row["phone"]],
+            "orders_count": len(money["orders"][row["phone"]]),
+            "orders_total": totals(money["orders"][row["phone"]]),
+            "checkouts_count": len(money["checkouts"][row["phone"]]),
+            "checkouts_total": totals(money["checkouts"][row["phone"]]),
+            "carts_count": len(money["carts"][row["phone"]]),
+            "carts_total": totals(money["carts"][row["phone"]]),
+            "last_activity_at": row["last_activity_at"],
+            "created_at": row["inserted_at"],
+            "updated_at": row["updated_at"],
+        }
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """How one resource is read: its table, what created_at means, its filters."""
+
+    name: str
+    table: str
+    label: str
+    created: str
+    filters: dict[str, str] = field(default_factory=dict)
+    live: tuple[str, ...] = ()
+    recovery: bool = False
+    render: Render | None = None
+
+    def computed(self) -> tuple[str, tuple[Any, ...]]:
+        return recovery_column() if self.recovery else ("", ())
+
+    def where(self, filters: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+        conditions = {
+            "created_at_min": f"{self.created} >= ?",
+            "created_at_max": f"{self.created} <= ?",
+            "updated_at_min": "updated_at >= ?",
+            "updated_at_max": "updated_at <= ?",
+            "since_id": "id > ?",
+            **self.filters,
+        }
+        where = [(condition, ()) for condition in self.live]
+        for name, value in filters.items():
+            if name.endswith(("_min", "_max")):
+                value = formats.utc_timestamp(value)
+            where.append((conditions[name], (value,)))
+        return where
+
+    def rows(self, store: Storage, store_id: int, where: Where, **page: Any) -> list[Body]:
+        rows = store.select(self.table, store_id, where, computed=self.computed(), **page)
+        if self.name == "contacts":
+            return contact_records(store, store_id, rows)
+        assert self.render is not None
+        return [self.render(row) for row in rows]
+
+
+RESOURCES = {
+    "orders": Resource(
+        "orders",
+        "orders",
+        "Order",
+        "placed_at",
+        {
+            "financial_status": "financial_status = ?",
+            "fulfillment_status": "fulfillment_status = ?",
+        },
+        render=order_record,
+    ),
+    "checkouts": Resource(
+        "checkouts",
+        "checkouts",
+        "Checkout",
+        "abandoned_at",
+        {"status": "status = ?", "recovery_status": "recovery_status = ?"},
+        recovery=True,
+        render=checkout_record,
+    ),
+    "carts": Resource(
+        "carts",
+        "carts",
+        "Cart",
+        "abandoned_at",
+        {"status": "status = ?", "recovery_status": "recovery_status = ?"},
+        recovery=True,
+        render=checkout_record,
+    ),
+    "customers": Resource(
+        "customers",
+        "customers",
+        "Customer",
+        "inserted_at",
+        live=("deleted_at IS NULL",),
+        render=customer_record,
+    ),
+    "shipments": Resource(
+        "shipments",
+        "shipments",
+        "Shipment",
+        "inserted_at",
+        {"status": "status = ?"},
+        render=shipment_record,
+    ),
+    "contacts": Resource("contacts", "contacts", "Contact", "inserted_at"),
+}
+
+
+# -- cursors ---------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_cursor(store: Storage, payload: dict[str, Any]) -> str:
+    data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    signature = hmac.new(store.secret(), data, hashlib.sha256).digest()[:16]
+    return f"{_b64(data)}.{_b64(signature)}"
+
+
+def decode_cursor(store: Storage, token: str, resource: str, store_id: int) -> dict[str, Any]:
+    """A cursor this server signed for this resource and store, or a 400."""
+    invalid = error(400, "Invalid page_info: use the cursors of the Link header as they are.")
+    try:
+        data_part, signature_part = token.split(".")
+        data, signature = _unb64(data_part), _unb64(signature_part)
+    except (ValueError, binascii.Error):
+        raise invalid from None
+    expected = hmac.new(store.secret(), data, hashlib.sha256).digest()[:16]
+    if not hmac.compare_digest(signature, expected):
+        raise invalid
+    cursor = json.loads(data)
+    if cursor.get("r") != resource or cursor.get("s") != store_id:
+        raise invalid
+    return cursor
+
+
+# -- operations -------------------------------------------------------------
+
+
+def retrieve(name: str, store_id: int, where: Where) -> Body:
+    """One record of the store matching ``where``, or a 404."""
+    resource = RESOURCES[name]
+    found = resource.rows(storage(), store_id, [*resource.where({}), *where], limit=1)
+    if not found:
+        raise not_found(resource.label)
+    return found[0]
+
+
+def by_external_id(name: str, store_id: int, external_id: str) -> Body:
+    return retrieve(name, store_id, [("external_id = ?", (external_id,))])
+
+
+def listing(name: str, store_id: int, params: dict[str, Any]) -> tuple[Body, int, dict[str, str]]:
+    """One page of a list, with Shopify's Link header for the neighbouring pages."""
+    resource, store = RESOURCES[name], storage()
+    limit = params.pop("limit", None) or 50
+    token = params.pop("page_info", None)
+    filters = {key: value for key, value in params.items() if value is not None}
+    direction, boundary = "next", None
+    if token is not None:
+        if filters:
+            raise error(400, "page_info cannot be combined with filters; only limit may change.")
+        cursor = decode_cursor(store, token, name, store_id)
+        filters, direction, boundary = cursor["f"], cursor["d"], cursor["b"]
+    where = resource.where(filters)
+    page = {"after": boundary} if direction == "next" else {"before": boundary}
+    records = resource.rows(store, store_id, where, limit=limit, **page)
+    links = []
+    if records:
+        first, last = records[0]["id"], records[-1]["id"]
+        for rel, key, edge in (("previous", "before", first), ("next", "after", last)):
+            more = store.select(
+                resource.table,
+                store_id,
+                where,
+                computed=resource.computed(),
+                limit=1,
+                **{key: edge},
+            )
+            if more:
+                token = encode_cursor(
+                    store,
+                    {
+                        "r": name,
+                        "s": store_id,
+                        "f": filters,
+                        "d": "prev" if key == "before" else "next",
+                        "b": edge,
+                    },
+                )
+                links.append(
+                    f"</api/v1/stores/{store_id}/{name}?limit={limit}"
+                    f'&page_info={token}>; rel="{rel}"'
+                )
+    headers = {"Link": ", ".join(links)} if links else {}
+    return {name: records}, 200, headers
+
+
+def counting(name: str, store_id: int, params: dict[str, Any]) -> Body:
+    resource = RESOURCES[name]
+    filters = {key: value for key, value in params.items() if value is not None}
+    count = storage().count(
+        resource.table, store_id, resource.where(filters), computed=resource.computed()
+    )
+    return {"count": count}
+
+
+def recovery_stats(store_id: int, start: str, end: str) -> Body:
+    lo, hi = formats.utc_timestamp(start), formats.utc_timestamp(end)  # to < from: empty period
+    where = [("abandoned_at >= ?", (lo,)), ("abandoned_at <= ?", (hi,))]
+    rows = [row for table in ABANDONED for row in storage().select(table, store_id, where)]
+    recovered = [row for row in rows if row["recovered_at"] is not None]
+    return {
+        "from": lo,
+        "to": hi,
+        "abandoned": len(rows),
+        "recovered": len(recovered),
+        "recovery_rate": round(len(recovered) / len(rows), 4) if rows else 0,
+        "recovered_revenue": totals([(r["currency"], r["total_price"]) for r in recovered]),
+    }
