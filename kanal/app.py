@@ -8,6 +8,8 @@ rate-limit headers added on the way out.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import re
@@ -48,17 +50,30 @@ class SnakeCaseResolver(Resolver):
         return f"{controller_for(operation._operation)}.{snake_case(operation.operation_id)}"
 
 
+@functools.cache
+def load_spec() -> dict[str, Any]:
+    """openapi.yaml, parsed once per process (with libyaml when it is there)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(SPEC.read_text(), Loader=loader)
+
+
+@functools.cache
 def contract_documents() -> dict[str, tuple[bytes, bytes]]:
     """openapi.json and openapi.yaml as served: the contract with its named components
     and $refs intact (what client generators need), ``servers`` pointing at the host
     that serves them so Swagger UI's "Try it out" calls this server."""
-    spec = yaml.safe_load(SPEC.read_text())
+    spec = {**load_spec()}
     spec["servers"] = [{"url": "", "description": "The server that serves this document."}]
     return {
         f"{DOCS_BASE}/openapi.json": (b"application/json", json.dumps(spec).encode()),
         f"{DOCS_BASE}/openapi.yaml": (
             b"application/yaml",
-            yaml.safe_dump(spec, sort_keys=False, allow_unicode=True).encode(),
+            yaml.dump(
+                spec,
+                Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+                sort_keys=False,
+                allow_unicode=True,
+            ).encode(),
         ),
     }
 
@@ -114,7 +129,7 @@ class KanalASGI:
         self.app = app
         self.storage = storage
         self.documents = contract_documents()
-        self.paths = PathTable(yaml.safe_load(SPEC.read_text())["paths"])
+        self.paths = PathTable(load_spec()["paths"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -230,7 +245,7 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
         ),
     )
     app.add_api(
-        SPEC.name,
+        copy.deepcopy(load_spec()),
         resolver=SnakeCaseResolver(),
         validator_map=validation.VALIDATOR_MAP,
         validate_responses=validate_responses,
