@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from kanal import formats, reads
+from kanal import automations, formats, reads
+from kanal.auth import current_store
 from kanal.errors import not_found
 from kanal.records import Body, Response, changes, customer_columns, storage, upsert_linked
 
@@ -43,9 +44,12 @@ async def upsert_order(store_id: int, body: Body) -> Response:
 
 async def update_order(store_id: int, external_id: str, body: Body) -> Response:
     """Update an order's status, tags or metadata."""
-    row = storage().patch("orders", store_id, external_id, changes(body))
-    if row is None:
-        raise not_found("Order")
+    store = storage()
+    with store.transaction():
+        row = store.patch("orders", store_id, external_id, changes(body))
+        if row is None:
+            raise not_found("Order")
+        automations.sync_order(store, current_store.get(), row)
     return render(row), 200
 
 

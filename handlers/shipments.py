@@ -2,14 +2,32 @@
 
 from typing import Any
 
-from kanal import reads
+from kanal import automations, reads
+from kanal.auth import current_store
 from kanal.records import Body, Response, require_order, storage
+from kanal.storage import Storage
 
 
 async def upsert_shipment(store_id: int, body: Body) -> Response:
     """Create or update a shipment linked to an order of the same store."""
+    store = storage()
+    with store.transaction():
+        row, created, order = _upsert(store, store_id, body)
+        automations.sync_shipping(store, current_store.get(), row, order)
+    return {
+        "external_id": row["external_id"],
+        "store_id": row["store_id"],
+        "order_id": row["order_id"],
+        "tracking_number": row["tracking_number"],
+        "tracking_url": row["tracking_url"],
+        "carrier": row["carrier"],
+        "status": row["status"],
+    }, 201 if created else 200
+
+
+def _upsert(store: Storage, store_id: int, body: Body) -> tuple[Body, bool, Body]:
     order = require_order(store_id, body["order_external_id"])
-    row, created = storage().upsert(
+    row, created = store.upsert(
         "shipments",
         store_id,
         {
@@ -23,15 +41,7 @@ async def upsert_shipment(store_id: int, body: Body) -> Response:
             "metadata": body.get("metadata"),
         },
     )
-    return {
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "order_id": row["order_id"],
-        "tracking_number": row["tracking_number"],
-        "tracking_url": row["tracking_url"],
-        "carrier": row["carrier"],
-        "status": row["status"],
-    }, 201 if created else 200
+    return row, created, order
 
 
 async def list_shipments(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sqlite3
 from typing import Any
@@ -108,6 +110,31 @@ def stores_create(
     type=click.IntRange(1, 365),
     help="Days after abandonment in which an order recovers a checkout or cart.",
 )
+@click.option(
+    "--sender",
+    type=click.Choice(["log", "whatsapp", "webhook"]),
+    help="How messages leave: log (no network), whatsapp, webhook.",
+)
+@click.option("--whatsapp-url", help="WhatsApp Cloud API base URL (with its version).")
+@click.option("--whatsapp-phone-number-id", help="The sending phone number's id.")
+@click.option("--whatsapp-token", help="The access token.")
+@click.option("--webhook-url", help="Where the webhook sender POSTs messages.")
+@click.option("--webhook-secret", help="The HMAC-SHA256 key that signs webhook bodies.")
+@click.option("--recovery-steps", help="Minutes after abandonment, comma-separated (60,1440).")
+@click.option("--shipping-statuses", help="Shipment statuses that notify, comma-separated.")
+@click.option(
+    "--order-confirmation/--no-order-confirmation",
+    default=None,
+    help="Send a confirmation when an order is paid.",
+)
+@click.option("--language", help="Template language when the customer has no locale.")
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    metavar="AUTOMATION=NAME",
+    help="Template name per automation (recovery, shipping, order_confirmation).",
+)
 @db_option
 def stores_update(
     store_id: int,
@@ -117,21 +144,71 @@ def stores_update(
     paused: bool | None,
     attribution_days: int | None,
     db_path: str,
+    **automation: Any,
 ) -> None:
-    """Rename, pause or resume a store, or change its region, rate limit or window."""
+    """Change a store: name, pause, region, rate limit, attribution window, automations."""
+    storage = Storage(db_path)
+    current = storage.get_store(store_id)
+    if current is None:
+        raise click.ClickException(f"no store {store_id}")
     changes: dict[str, Any] = {
         "name": name,
         "region": region,
         "rate_limit": rate_limit,
         "attribution_days": attribution_days,
         "paused": None if paused is None else int(paused),
+        "automations": _automations(current, automation),
     }
-    store = Storage(db_path).update_store(
-        store_id, {k: v for k, v in changes.items() if v is not None}
-    )
-    if store is None:
-        raise click.ClickException(f"no store {store_id}")
+    store = storage.update_store(store_id, {k: v for k, v in changes.items() if v is not None})
+    assert store is not None
     click.echo(_describe_store(store))
+
+
+def _csv(value: str, kind: type = str) -> list[Any]:
+    try:
+        return [kind(part.strip()) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of {kind.__name__}"
+        ) from None
+
+
+def _automations(store: dict[str, Any], options: dict[str, Any]) -> str | None:
+    """The store's automation settings with the given options applied (JSON), or None."""
+    from kanal.automations import DEFAULTS
+
+    own = json.loads(store.get("automations") or "{}")
+    before = json.dumps(own, sort_keys=True)
+    nested = {
+        "whatsapp_url": ("whatsapp", "base_url"),
+        "whatsapp_phone_number_id": ("whatsapp", "phone_number_id"),
+        "whatsapp_token": ("whatsapp", "access_token"),
+        "webhook_url": ("webhook", "url"),
+        "webhook_secret": ("webhook", "secret"),
+    }
+    for option, (group, key) in nested.items():
+        if options[option] is not None:
+            own.setdefault(group, {})[key] = options[option]
+    for option in ("sender", "order_confirmation", "language"):
+        if options[option] is not None:
+            own[option] = options[option]
+    if options["recovery_steps"] is not None:
+        steps = _csv(options["recovery_steps"], int)
+        if any(step <= 0 for step in steps):
+            raise click.BadParameter("recovery steps are minutes after abandonment, above 0")
+        own["recovery_steps"] = steps
+    if options["shipping_statuses"] is not None:
+        statuses = _csv(options["shipping_statuses"])
+        known = {"pending", "in_transit", "delivered", "failed", "returned"}
+        if not set(statuses) <= known:
+            raise click.BadParameter(f"shipping statuses are among {', '.join(sorted(known))}")
+        own["shipping_statuses"] = statuses
+    for pair in options["templates"]:
+        automation, _, template = pair.partition("=")
+        if automation not in DEFAULTS["templates"] or not template:
+            raise click.BadParameter(f"--template takes AUTOMATION=NAME, not {pair!r}")
+        own.setdefault("templates", {})[automation] = template
+    return json.dumps(own) if json.dumps(own, sort_keys=True) != before else None
 
 
 @stores.command("list")
@@ -151,10 +228,14 @@ def _region(value: str | None) -> str | None:
 
 
 def _describe_store(store: dict[str, Any]) -> str:
+    from kanal.automations import settings
+
+    sender = settings(store)["sender"]
     return (
         f"store {store['id']} {store['name']!r} team={store['team_id']} "
         f"region={store['region']} rate_limit={store['rate_limit']}/min "
-        f"attribution={store['attribution_days']}d {'paused' if store['paused'] else 'active'}"
+        f"attribution={store['attribution_days']}d sender={sender} "
+        f"{'paused' if store['paused'] else 'active'}"
     )
 
 
@@ -253,9 +334,68 @@ def _with_server_options(func: Any) -> Any:
 
 @main.command()
 @_with_server_options
-def serve(host: str, port: int, workers: int, db_path: str) -> None:
+@click.option("--with-worker", is_flag=True, help="Also deliver messages, in a thread.")
+def serve(host: str, port: int, workers: int, db_path: str, with_worker: bool) -> None:
     """Run the API server."""
+    if with_worker:
+        _start_worker_thread(db_path)
     run_server(db_path, host, port, workers)
+
+
+@main.command()
+@db_option
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait when nothing is due.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Messages claimed at a time.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a claimed message stays this worker's before others may retry it.",
+)
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+def worker(db_path: str, interval: float, batch: int, lease: float, once: bool) -> None:
+    """Deliver due WhatsApp messages from the outbox (several may run at once)."""
+    import logging
+    import signal
+    import threading
+
+    from kanal.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    delivery = Worker(Storage(db_path), lease_seconds=lease, batch=batch)
+    if once:
+        total = 0
+        while handled := delivery.run_once():
+            total += handled
+        click.echo(f"handled {total} messages")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"worker delivering from {db_path}; Ctrl-C to stop")
+    with contextlib.suppress(KeyboardInterrupt):
+        delivery.run(interval, stop)
+
+
+def _start_worker_thread(db_path: str) -> None:
+    import threading
+
+    from kanal.worker import Worker
+
+    delivery = Worker(Storage(db_path))
+    threading.Thread(target=delivery.run, name="kanal-worker", daemon=True).start()
 
 
 @main.command()

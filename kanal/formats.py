@@ -7,6 +7,7 @@ the handlers (to store the normalised value).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -45,9 +46,22 @@ def utc_timestamp(value: str) -> str:
     return parsed.isoformat()
 
 
+def _system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+#: Where the time comes from; tests move a fake clock instead of sleeping.
+clock: Callable[[], datetime] = _system_clock
+
+
+def utcnow() -> datetime:
+    """The current time (from :data:`clock`), timezone-aware UTC."""
+    return clock()
+
+
 def now() -> str:
     """The current time, as stored: UTC ISO 8601 with an explicit offset."""
-    return datetime.now(UTC).isoformat()
+    return clock().isoformat()
 
 
 def e164(value: str, region: str | None) -> str | None:

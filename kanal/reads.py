@@ -15,7 +15,7 @@ import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +38,7 @@ def window_start(moment: str, days: int | None = None) -> str:
 
 def recovery_column() -> tuple[str, tuple[Any, ...]]:
     """``recovery_status`` as SQL, for the current store's window, evaluated now."""
-    cutoff = window_start(datetime.now(UTC).isoformat())
+    cutoff = window_start(formats.now())
     return (
         ", CASE WHEN recovered_at IS NOT NULL THEN 'recovered' "
         "WHEN abandoned_at < ? THEN 'not_recovered' ELSE 'abandoned' END AS recovery_status",
@@ -92,8 +92,49 @@ def checkout_record(row: Body) -> Body:
         "recovered_at": row["recovered_at"],
         "recovered_order_external_id": row["recovered_order_external_id"],
         "notifications_enabled": bool(row["notifications_enabled"]),
-        "notification_status": row["notification_status"],
-        "notifications_scheduled_at": row["notifications_scheduled_at"] or [],
+        **notification_fields(row["notifications"]),
+    }
+
+
+def notification_fields(messages: list[Body]) -> Body:
+    """SureCart's notification fields, from the record's recovery messages."""
+    states = {message["state"] for message in messages}
+    status = (
+        "sent"
+        if "sent" in states
+        else "scheduled"
+        if states & {"scheduled", "sending"}
+        else "not_scheduled"
+    )
+    return {
+        "notification_status": status,
+        "notifications_scheduled_at": [message["scheduled_at"] for message in messages],
+    }
+
+
+def message_record(row: Body) -> Body:
+    return {
+        "id": row["id"],
+        "store_id": row["store_id"],
+        "trigger": row["trigger"],
+        "step": row["step"],
+        "record_type": row["record_table"],
+        "record_external_id": row["record_external_id"],
+        "contact_phone": row["contact_phone"],
+        "template": row["template"],
+        "language": row["language"],
+        "parameters": row["parameters"],
+        "sender": row["sender"],
+        "state": row["state"],
+        "scheduled_at": row["scheduled_at"],
+        "next_attempt_at": row["next_attempt_at"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "provider_id": row["provider_id"],
+        "sent_at": row["sent_at"],
+        "cancelled_reason": row["cancelled_reason"],
+        "created_at": row["inserted_at"],
+        "updated_at": row["updated_at"],
     }
 
 
@@ -154,6 +195,7 @@ def contact_records(store: Storage, store_id: int, rows: list[Body]) -> list[Bod
             "checkouts_total": totals(money["checkouts"][row["phone"]]),
             "carts_count": len(money["carts"][row["phone"]]),
             "carts_total": totals(money["carts"][row["phone"]]),
+            "opted_out": bool(row["opted_out"]),
             "last_activity_at": row["last_activity_at"],
             "created_at": row["inserted_at"],
             "updated_at": row["updated_at"],
@@ -198,6 +240,9 @@ class Resource:
         rows = store.select(self.table, store_id, where, computed=self.computed(), **page)
         if self.name == "contacts":
             return contact_records(store, store_id, rows)
+        if self.recovery:
+            sent = store.notification_state(self.table, [row["id"] for row in rows])
+            rows = [{**row, "notifications": sent[row["id"]]} for row in rows]
         assert self.render is not None
         return [self.render(row) for row in rows]
 
@@ -249,6 +294,14 @@ RESOURCES = {
         render=shipment_record,
     ),
     "contacts": Resource("contacts", "contacts", "Contact", "inserted_at"),
+    "messages": Resource(
+        "messages",
+        "messages",
+        "Message",
+        "inserted_at",
+        {"state": "state = ?", "trigger": "trigger = ?"},
+        render=message_record,
+    ),
 }
 
 

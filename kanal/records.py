@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kanal import formats
+from kanal import automations, formats
+from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
-from kanal.storage import Storage, current
+from kanal.storage import ABANDONED, Storage, current
 from kanal.validation import current_region
 
 Body = dict[str, Any]
@@ -52,12 +53,22 @@ def upsert_linked(
     attribute the recovery of an abandoned checkout or cart: one transaction."""
     from kanal.reads import window_start  # reads builds on this module
 
-    store = storage()
+    store, shop = storage(), current_store.get()
     with store.transaction():
         row, created = store.upsert(table, store_id, record, key=key)
         store.touch_contact(store_id, row.get("customer", row))
+        if table in ABANDONED:
+            automations.sync_recovery(store, shop, table, row)
         if table == "orders":
-            store.attribute(store_id, row, window_start(row["placed_at"]))
+            recovered = store.attribute(store_id, row, window_start(row["placed_at"]))
+            if recovered is not None:
+                automations.sync_recovery(
+                    store,
+                    shop,
+                    recovered["table"],
+                    store.get_by_id(recovered["table"], recovered["id"]),
+                )
+            automations.sync_order(store, shop, row)
     return row, created
 
 
@@ -110,7 +121,10 @@ def update_abandoned(
     """PATCH /checkouts/{id} and /carts/{id}; recovered or completed stamps recovered_at."""
     recovered = body.get("status") in ("recovered", "completed")
     unless_set = {"recovered_at": formats.now()} if recovered else None
-    row = storage().patch(table, store_id, external_id, changes(body), unless_set)
-    if row is None:
-        raise not_found(label)
+    store = storage()
+    with store.transaction():
+        row = store.patch(table, store_id, external_id, changes(body), unless_set)
+        if row is None:
+            raise not_found(label)
+        automations.sync_recovery(store, current_store.get(), table, row)
     return render_checkout(row), 200

@@ -43,15 +43,8 @@ CHECKOUT = {
     "recovered_at": str,
     "recovered_order_external_id": str,
     "notifications_enabled": int,
-    "notification_status": str,
-    "notifications_scheduled_at": str,
 }
-CHECKOUT_DEFAULTS = {
-    "status": "abandoned",
-    "notifications_enabled": 1,
-    "notification_status": "not_scheduled",
-    "notifications_scheduled_at": "[]",
-}
+CHECKOUT_DEFAULTS = {"status": "abandoned", "notifications_enabled": 1}
 TABLES: dict[str, dict[str, Any]] = {
     "settings": {"key": str, "value": str},
     "teams": {"name": str, "created_at": str},
@@ -63,6 +56,7 @@ TABLES: dict[str, dict[str, Any]] = {
         "paused": int,
         "created_at": str,
         "attribution_days": int,
+        "automations": str,
     },
     "api_keys": {
         "name": str,
@@ -108,6 +102,32 @@ TABLES: dict[str, dict[str, Any]] = {
         "last_name": str,
         "locale": str,
         "last_activity_at": str,
+        "opted_out": int,
+        **STAMPS,
+    },
+    # The outbox: every WhatsApp message, from scheduling to delivery.
+    "messages": {
+        "store_id": int,
+        "trigger": str,
+        "step": str,
+        "dedupe_key": str,
+        "record_table": str,
+        "record_id": int,
+        "record_external_id": str,
+        "contact_phone": str,
+        "template": str,
+        "language": str,
+        "parameters": str,
+        "sender": str,
+        "state": str,
+        "scheduled_at": str,
+        "next_attempt_at": str,
+        "lease_until": str,
+        "attempts": int,
+        "last_error": str,
+        "provider_id": str,
+        "sent_at": str,
+        "cancelled_reason": str,
         **STAMPS,
     },
     "shipments": {
@@ -126,8 +146,10 @@ DEFAULTS = {
     "stores": {"rate_limit": 60, "paused": 0, "attribution_days": 7},
     "checkouts": CHECKOUT_DEFAULTS,
     "carts": CHECKOUT_DEFAULTS,
+    "contacts": {"opted_out": 0},
+    "messages": {"state": "scheduled", "attempts": 0},
 }
-JSON_COLUMNS = {"customer", "line_items", "tags", "metadata", "notifications_scheduled_at"}
+JSON_COLUMNS = {"customer", "line_items", "tags", "metadata", "parameters"}
 # Filtered columns, indexed after store_id (the rowid rides along, so pages stay ordered).
 FILTER_INDEXES = {
     "orders": ["financial_status", "fulfillment_status"],
@@ -198,6 +220,12 @@ class Storage:
                 ["store_id", "phone"], unique=True, if_not_exists=True
             )
             self.db.table("settings").create_index(["key"], unique=True, if_not_exists=True)
+            messages = self.db.table("messages")
+            messages.create_index(["store_id", "dedupe_key"], unique=True, if_not_exists=True)
+            messages.create_index(["state", "next_attempt_at"], if_not_exists=True)
+            messages.create_index(["store_id", "id"], if_not_exists=True)
+            messages.create_index(["record_table", "record_id"], if_not_exists=True)
+            messages.create_index(["store_id", "contact_phone"], if_not_exists=True)
             for name in HOLDERS:
                 self.db.table(name).create_index(["store_id", "customer_phone"], if_not_exists=True)
                 self.db.table(name).create_index(
@@ -318,6 +346,11 @@ class Storage:
             ).fetchone()
         return None if row is None else self._decode(self._find(table, {"id": row["id"]}))
 
+    def get_by_id(self, table: str, row_id: int) -> dict[str, Any]:
+        row = self._decode(self._find(table, {"id": row_id}))
+        assert row is not None, (table, row_id)
+        return row
+
     def get(self, table: str, store_id: int, external_id: str) -> dict[str, Any] | None:
         """The record of ``store_id`` with this external_id, or None."""
         return self._decode(self._find(table, {"store_id": store_id, "external_id": external_id}))
@@ -350,6 +383,12 @@ class Storage:
             if tel is not None:
                 conn.execute(
                     "DELETE FROM contacts WHERE store_id = ? AND phone = ?", (store_id, tel)
+                )
+                self.cancel_messages(store_id, "cancelled: customer erased", phone=tel)
+                conn.execute(
+                    "UPDATE messages SET contact_phone = NULL, parameters = NULL, updated_at = ? "
+                    "WHERE store_id = ? AND contact_phone = ?",
+                    (stamp, store_id, tel),
                 )
             paths = ", ".join(f"'$.{column}', NULL" for column in PERSONAL)
             for table in HOLDERS:
@@ -529,6 +568,116 @@ class Storage:
             (store_id, *phones),
         ):
             found[phone].append(external_id)
+        return found
+
+    # -- the outbox ---------------------------------------------------------
+
+    def opted_out(self, store_id: int, phone: str) -> bool:
+        row = self.conn.execute(
+            "SELECT opted_out FROM contacts WHERE store_id = ? AND phone = ?", (store_id, phone)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def set_opt_out(self, store_id: int, phone: str, opted_out: bool) -> bool:
+        """Record a contact's choice; opting out cancels its pending messages."""
+        with self.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE contacts SET opted_out = ?, updated_at = ? "
+                "WHERE store_id = ? AND phone = ?",
+                (int(opted_out), formats.now(), store_id, phone),
+            ).rowcount
+            if changed and opted_out:
+                self.cancel_messages(store_id, "cancelled: contact opted out", phone=phone)
+        return bool(changed)
+
+    def schedule_message(self, store_id: int, message: dict[str, Any], due: str) -> None:
+        """Schedule a message once per dedupe key. A pending one follows the new due
+        time and parameters; a cancelled one comes back; a sent one is never redone."""
+        values = self._encode(message)
+        stamp = formats.now()
+        row = {
+            **values,
+            "store_id": store_id,
+            "state": "scheduled",
+            "scheduled_at": due,
+            "next_attempt_at": due,
+            "inserted_at": stamp,
+            "updated_at": stamp,
+        }
+        self.conn.execute(
+            f"INSERT INTO messages ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)}) "
+            "ON CONFLICT (store_id, dedupe_key) DO UPDATE SET "
+            "scheduled_at = excluded.scheduled_at, next_attempt_at = excluded.next_attempt_at, "
+            "parameters = excluded.parameters, contact_phone = excluded.contact_phone, "
+            "language = excluded.language, state = 'scheduled', cancelled_reason = NULL, "
+            "updated_at = excluded.updated_at "
+            "WHERE messages.state IN ('scheduled', 'cancelled')",
+            tuple(row.values()),
+        )
+
+    def cancel_messages(
+        self,
+        store_id: int,
+        reason: str,
+        *,
+        record: tuple[str, int] | None = None,
+        trigger: str | None = None,
+        key: str | None = None,
+        phone: str | None = None,
+    ) -> int:
+        """Cancel the scheduled (not yet claimed) messages that match."""
+        where, params = ["store_id = ?", "state = 'scheduled'"], [store_id]
+        if record is not None:
+            where += ["record_table = ?", "record_id = ?"]
+            params += list(record)
+        for column, value in (("trigger", trigger), ("dedupe_key", key), ("contact_phone", phone)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return self.conn.execute(
+            f"UPDATE messages SET state = 'cancelled', cancelled_reason = ?, updated_at = ? "
+            f"WHERE {' AND '.join(where)}",
+            (reason, formats.now(), *params),
+        ).rowcount
+
+    def claim_messages(self, now: str, lease_until: str, batch: int) -> list[dict[str, Any]]:
+        """Atomically take due messages (and ones whose sender's lease ran out)."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "UPDATE messages SET state = 'sending', attempts = attempts + 1, "
+                "lease_until = ?, updated_at = ? WHERE id IN (SELECT id FROM messages "
+                "WHERE (state = 'scheduled' AND next_attempt_at <= ?) "
+                "OR (state = 'sending' AND lease_until <= ?) "
+                "ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
+                (lease_until, now, now, now, batch),
+            ).fetchall()
+        return [m for m in (self._decode(row) for row in rows) if m is not None]
+
+    def finish_message(self, message_id: int, lease_until: str, changes: dict[str, Any]) -> bool:
+        """Record a delivery outcome, if this sender still holds the lease."""
+        values = {**changes, "lease_until": None, "updated_at": formats.now()}
+        with self.transaction() as conn:
+            return bool(
+                conn.execute(
+                    f"UPDATE messages SET {', '.join(f'{c} = ?' for c in values)} "
+                    "WHERE id = ? AND state = 'sending' AND lease_until = ?",
+                    (*values.values(), message_id, lease_until),
+                ).rowcount
+            )
+
+    def notification_state(self, table: str, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """The recovery messages (not cancelled) of each checkout or cart."""
+        found: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        if not ids:
+            return found
+        marks = ", ".join("?" for _ in ids)
+        for row in self.conn.execute(
+            f"SELECT record_id, state, scheduled_at FROM messages WHERE record_table = ? "
+            f"AND record_id IN ({marks}) AND trigger = 'recovery' AND state != 'cancelled' "
+            "ORDER BY scheduled_at",
+            (table, *ids),
+        ):
+            found[row[0]].append({"state": row[1], "scheduled_at": row[2]})
         return found
 
     # -- accounts ---------------------------------------------------------

@@ -38,7 +38,8 @@ def test_store_and_key_lifecycle(db: str) -> None:
     )
     assert (
         code == 0
-        and "store 123 'Demo shop' team=7 region=FR rate_limit=120/min attribution=7d active" in out
+        and "store 123 'Demo shop' team=7 region=FR rate_limit=120/min attribution=7d sender=log active"
+        in out
     )
     code, out = run("stores", "create", "--id", "123", "--name", "Again", db=db)
     assert code == 1 and "exists already" in out
@@ -68,7 +69,7 @@ def test_paused_flag_and_update(db: str) -> None:
     code, out = run("stores", "create", "--id", "5", "--name", "S", "--paused", db=db)
     assert code == 0 and out.strip().endswith("paused")
     code, out = run("stores", "update", "5", "--active", "--rate-limit", "600", db=db)
-    assert code == 0 and "rate_limit=600/min attribution=7d active" in out
+    assert code == 0 and "rate_limit=600/min attribution=7d sender=log active" in out
     assert run("stores", "update", "6", "--paused", db=db)[0] == 1
 
 
