@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from kanal.cli import main
+from kanal.storage import Storage
 
 from .conftest import ROOT, Server
 
@@ -38,7 +39,8 @@ def test_store_and_key_lifecycle(db: str) -> None:
     )
     assert (
         code == 0
-        and "store 123 'Demo shop' team=7 region=FR rate_limit=120/min attribution=7d sender=log active"
+        and "store 123 'Demo shop' team=7 region=FR rate_limit=120/min "
+        "attribution=7d sender=log active"
         in out
     )
     code, out = run("stores", "create", "--id", "123", "--name", "Again", db=db)
@@ -119,3 +121,37 @@ def test_installed_command_serves_and_revocation_is_immediate(db: str) -> None:
         assert response.status_code == 401
     finally:
         server.stop()
+
+
+def test_automation_settings(db: str) -> None:
+    run("stores", "create", "--id", "5", "--name", "S", db=db)
+    code, out = run(
+        "stores",
+        "update",
+        "5",
+        "--sender",
+        "webhook",
+        "--webhook-url",
+        "http://127.0.0.1:9/hook",
+        "--webhook-secret",
+        "s",
+        "--recovery-steps",
+        "30,720",
+        "--template",
+        "recovery=my_recovery",
+        "--order-confirmation",
+        db=db,
+    )
+    assert code == 0 and "sender=webhook" in out
+    from kanal.automations import settings
+
+    store = Storage(db).get_store(5)
+    assert store is not None
+    config = settings(store)
+    assert config["recovery_steps"] == [30, 720] and config["order_confirmation"] is True
+    assert config["templates"]["recovery"] == "my_recovery"
+    assert config["templates"]["shipping"] == "shipping_update"  # defaults kept
+    assert config["webhook"] == {"url": "http://127.0.0.1:9/hook", "secret": "s"}
+    assert run("stores", "update", "5", "--recovery-steps", "a,b", db=db)[0] == 2
+    assert run("stores", "update", "5", "--shipping-statuses", "lost", db=db)[0] == 2
+    assert run("stores", "update", "5", "--template", "nope", db=db)[0] == 2
