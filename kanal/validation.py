@@ -13,7 +13,9 @@ custom ``phone`` (phonenumbers, in the store's default region).
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -140,6 +142,8 @@ def laravel_messages(err: ValidationError, prefix: Iterable[Any] = ()) -> Iterat
         yield field, f"The {field} field must have at least {value} items."
     elif kind == "maxItems":
         yield field, f"The {field} field must not have more than {value} items."
+    elif kind == "pattern" and err.instance == "" and schema.get("minLength"):
+        return  # an empty value is reported once, as required (minLength)
     elif kind == "format" or (kind == "pattern" and schema.get("format") in FORMAT_MESSAGES):
         yield (
             field,
@@ -169,8 +173,23 @@ def _nullable_all_of(validator: Any, all_of: Any, instance: Any, schema: dict) -
     yield from Draft4Validator.VALIDATORS["allOf"](validator, all_of, instance, schema)
 
 
-RequestValidator = extend(Draft4RequestValidator, {"allOf": _nullable_all_of})
-ResponseValidator = extend(Draft4ResponseValidator, {"allOf": _nullable_all_of})
+@functools.cache
+def _ecma(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema (ECMA-262) pattern for Python: there ``$`` is the very end of the
+    string; Python's ``$`` also matches before a final newline (``"EUR\\n"``)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
+    if isinstance(instance, str) and not _ecma(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+OPENAPI_KEYWORDS = {"allOf": _nullable_all_of, "pattern": _ecma_pattern}
+RequestValidator = extend(Draft4RequestValidator, OPENAPI_KEYWORDS)
+ResponseValidator = extend(Draft4ResponseValidator, OPENAPI_KEYWORDS)
 _compiled: dict[tuple[int, bool], tuple[dict, Any]] = {}
 
 

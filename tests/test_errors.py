@@ -52,9 +52,13 @@ def test_malformed_body_is_400(api: Api, content: bytes, message: str | None) ->
         assert response.json() == {"error": message}
 
 
-def test_escaped_nul_is_just_a_character(api: Api) -> None:
-    response = api.post("orders", {**ORDER, "external_id": "a\x00b"})
+def test_escaped_nul_is_just_a_character_in_free_text(api: Api) -> None:
+    response = api.post("orders", {**ORDER, "financial_status": "a\x00b"})
     assert response.status_code == 201
+    response = api.post("orders", {**ORDER, "external_id": "a\x00b"})  # not in an id
+    assert response.json()["errors"] == {
+        "external_id": ["The external_id field format is invalid."]
+    }
 
 
 def test_huge_numbers_are_422_not_500(api: Api) -> None:
@@ -135,4 +139,12 @@ def test_path_parameter_too_long_is_422(api: Api) -> None:
     assert response.status_code == 422
     assert response.json()["errors"] == {
         "external_id": ["The external_id field must not be greater than 255 characters."]
+    }
+
+
+def test_path_id_with_a_control_character_is_422(api: Api) -> None:
+    response = api.patch("orders/ORDER%0D1", {})
+    assert response.status_code == 422
+    assert response.json()["errors"] == {
+        "external_id": ["The external_id field format is invalid."]
     }
