@@ -1,0 +1,52 @@
+"""The bare baseline: Starlette, ``json.loads`` and the same SQLite upsert as kanal,
+with no validation, no auth and no rate limit. What kanal's extra work is measured against.
+
+    uvicorn --factory bench.baseline:create_app   (KANAL_DB names the database)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from kanal.storage import Storage
+
+
+def create_app() -> Starlette:
+    storage = Storage(os.environ["KANAL_DB"])
+
+    async def upsert_order(request: Request) -> JSONResponse:
+        body = json.loads(await request.body())
+        store_id = int(request.path_params["store_id"])
+        customer = body["customer"]
+        row, created = storage.upsert(
+            "orders",
+            store_id,
+            {
+                "external_id": body["external_id"],
+                "placed_at": body["placed_at"],
+                "total_price": str(body["total_price"]),
+                "currency": body.get("currency"),
+                "financial_status": body.get("financial_status"),
+                "fulfillment_status": body.get("fulfillment_status"),
+                "customer": customer,
+                "customer_external_id": customer.get("external_id"),
+                "customer_phone": customer.get("phone"),
+                "line_items": body.get("line_items"),
+                "tags": body.get("tags") or [],
+                "metadata": body.get("metadata"),
+            },
+        )
+        return JSONResponse(
+            {"external_id": row["external_id"], "store_id": store_id},
+            status_code=201 if created else 200,
+        )
+
+    return Starlette(
+        routes=[Route("/api/v1/stores/{store_id}/orders", upsert_order, methods=["POST"])]
+    )

@@ -1,0 +1,34 @@
+-- POST the seed recipe's full order, rotating over 5,000 external_ids
+-- (the first pass inserts, the rest update), and report JSON figures.
+local counter = 0
+local path = os.getenv("BENCH_PATH") or "/api/v1/stores/123/orders"
+local key = os.getenv("BENCH_KEY") or ""
+local prefix = '{"external_id": "ORDER-'
+local suffix = [[", "placed_at": "2026-05-18T10:00:00Z", "total_price": 49.90, "currency": "EUR",
+"financial_status": "pending", "fulfillment_status": "unfulfilled",
+"customer": {"external_id": "CUST-42", "phone": "+33612345678", "first_name": "Marie",
+"last_name": "Durand", "email": "marie.durand@example.com", "locale": "fr", "tags": ["vip"],
+"lifetime_value": 1299, "orders_count": 7},
+"line_items": [{"title": "T-shirt Bordeaux", "quantity": 2, "price": 24.95}],
+"tags": ["web"], "metadata": {"source": "custom-checkout"}}]]
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key}
+local errors = 0
+
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", path, headers, prefix .. (counter % 5000) .. suffix)
+end
+
+response = function(status, headers, body)
+  if status >= 300 then errors = errors + 1 end
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'JSON {"requests": %d, "seconds": %.3f, "rps": %.1f, "p50_ms": %.2f, "p99_ms": %.2f, ' ..
+    '"non2xx": %d, "socket_errors": %d}\n',
+    summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout))
+end
