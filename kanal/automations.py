@@ -104,7 +104,10 @@ def sync_recovery(storage: Storage, store: Row, table: str, row: Row) -> None:
     now = formats.utcnow()
     for step, minutes in enumerate(config["recovery_steps"], 1):
         key = f"{table}:{row['id']}:recovery:{step}"
-        due = abandoned_at + timedelta(minutes=minutes)
+        try:
+            due = abandoned_at + timedelta(minutes=minutes)
+        except OverflowError:  # abandoned at the end of time: never due
+            continue
         if due <= now:
             storage.cancel_messages(store["id"], "skipped: due before it was scheduled", key=key)
             continue

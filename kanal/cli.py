@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 from typing import Any
 
 import click
@@ -457,3 +458,59 @@ def stubs(check: bool) -> None:
         click.echo(f"wrote {stub.label} to {path.relative_to(ROOT)}")
     if not missing:
         click.echo("Every operation has a handler; nothing to write.")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", "store_id", type=int, required=True, help="The store to import into.")
+@click.option(
+    "--resource",
+    type=click.Choice(["orders", "checkouts", "carts", "customers", "shipments"]),
+    required=True,
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Records per transaction.",
+)
+@db_option
+def import_(file: str, store_id: int, resource: str, batch: int, db_path: str) -> None:
+    """Upsert records from JSON Lines (or a JSON array) with the API's own validation."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+    from kanal.bulk import import_file
+
+    size = os.path.getsize(file)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task(f"importing {resource}", total=size)
+        try:
+            report = import_file(
+                file,
+                store_id,
+                resource,
+                db_path,
+                batch=batch,
+                progress=lambda done, _: bar.update(task, completed=done),
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    for number, errors in report.invalid:
+        for path, messages in errors.items():
+            for message in messages:
+                click.echo(f"line {number}: {message}" + (f" [{path}]" if path else ""), err=True)
+    rate = report.valid / report.seconds if report.seconds else 0.0
+    click.echo(
+        f"{report.valid} imported ({report.created} created, {report.updated} updated), "
+        f"{len(report.invalid)} invalid, in {report.seconds:.2f}s ({rate:,.0f} records/s)"
+    )
+    if report.invalid:
+        raise SystemExit(1)

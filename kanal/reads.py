@@ -15,7 +15,7 @@ import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +33,10 @@ def window_start(moment: str, days: int | None = None) -> str:
     """The start of the attribution window that ends at ``moment``."""
     days = current_store.get()["attribution_days"] if days is None else days
     parsed = datetime.fromisoformat(moment)
-    return (parsed - timedelta(days=days)).isoformat()
+    try:
+        return (parsed - timedelta(days=days)).isoformat()
+    except OverflowError:  # found by Schemathesis: placed_at 0001-01-01
+        return datetime.min.replace(tzinfo=UTC).isoformat()
 
 
 def recovery_column() -> tuple[str, tuple[Any, ...]]:

@@ -28,6 +28,7 @@ import httpx
 from kanal import formats
 
 log = logging.getLogger("kanal.senders")
+MAX_RETRY_AFTER = 86400.0  # a provider's Retry-After is honoured up to a day
 Message = dict[str, Any]
 
 
@@ -69,12 +70,12 @@ def retry_after(value: str | None) -> float | None:
     if not value:
         return None
     if value.strip().isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (moment - formats.utcnow()).total_seconds())
+    return min(MAX_RETRY_AFTER, max(0.0, (moment - formats.utcnow()).total_seconds()))
 
 
 def provider_error(response: httpx.Response) -> str:

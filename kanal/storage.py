@@ -248,7 +248,7 @@ class Storage:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken immediately so writers queue instead of failing."""
         if self.conn.in_transaction:
-            yield self.conn
+            yield self.conn  # part of the enclosing transaction
             return
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         try:
@@ -261,6 +261,18 @@ class Storage:
             self.conn.execute("COMMIT")
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[sqlite3.Connection]:
+        """Inside a transaction: a part that undoes itself alone when it fails."""
+        self.conn.execute("SAVEPOINT part")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK TO part")
+            self.conn.execute("RELEASE part")
+            raise
+        self.conn.execute("RELEASE part")
 
     def ping(self) -> bool:
         return self.conn.execute("SELECT 1").fetchone()[0] == 1
@@ -315,19 +327,20 @@ class Storage:
                 row = {"store_id": store_id, **values, "inserted_at": stamp, "updated_at": stamp}
                 names = ", ".join(row)
                 marks = ", ".join("?" for _ in row)
-                rowid = conn.execute(
-                    f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(row.values())
-                ).lastrowid
+                written = conn.execute(
+                    f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *",
+                    tuple(row.values()),
+                ).fetchone()
             else:
-                rowid = existing["id"]
                 changes = {**values, "updated_at": stamp}
                 if table == "customers":
                     changes["deleted_at"] = None
                 assignments = ", ".join(f"{column} = ?" for column in changes)
-                conn.execute(
-                    f"UPDATE {table} SET {assignments} WHERE id = ?", (*changes.values(), rowid)
-                )
-            stored = self._decode(self._find(table, {"id": rowid}))
+                written = conn.execute(
+                    f"UPDATE {table} SET {assignments} WHERE id = ? RETURNING *",
+                    (*changes.values(), existing["id"]),
+                ).fetchone()
+            stored = self._decode(written)
         assert stored is not None
         return stored, created
 
@@ -526,32 +539,31 @@ class Storage:
         phone, placed_at = order["customer_phone"], order["placed_at"]
         if phone is None:
             return None
-        for table in ABANDONED:
-            done = self.conn.execute(
-                f"SELECT 1 FROM {table} WHERE store_id = ? AND recovered_order_external_id = ?",
-                (store_id, order["external_id"]),
-            ).fetchone()
-            if done:
-                return None
-        best: tuple[str, sqlite3.Row] | None = None
-        for table in ABANDONED:
-            row = self.conn.execute(
-                f"SELECT id, abandoned_at FROM {table} WHERE store_id = ? AND customer_phone = ? "
-                "AND status = 'abandoned' AND recovered_at IS NULL "
-                "AND abandoned_at >= ? AND abandoned_at < ? ORDER BY abandoned_at DESC, id DESC",
-                (store_id, phone, window_start, placed_at),
-            ).fetchone()
-            if row is not None and (best is None or row["abandoned_at"] > best[1]["abandoned_at"]):
-                best = (table, row)
+        candidate = " UNION ALL ".join(
+            f"SELECT '{table}' AS kind, id, abandoned_at FROM {table} WHERE store_id = ? "
+            "AND customer_phone = ? AND status = 'abandoned' AND recovered_at IS NULL "
+            "AND abandoned_at >= ? AND abandoned_at < ?"
+            for table in ABANDONED
+        )
+        best = self.conn.execute(
+            f"{candidate} ORDER BY abandoned_at DESC, id DESC LIMIT 1",
+            (store_id, phone, window_start, placed_at) * len(ABANDONED),
+        ).fetchone()
         if best is None:
             return None
-        table, row = best
+        done = " UNION ALL ".join(
+            f"SELECT 1 FROM {table} WHERE store_id = ? AND recovered_order_external_id = ?"
+            for table in ABANDONED
+        )
+        if self.conn.execute(done, (store_id, order["external_id"]) * len(ABANDONED)).fetchone():
+            return None
+        table = best["kind"]
         self.conn.execute(
             f"UPDATE {table} SET status = 'recovered', recovered_at = ?, "
             "recovered_order_external_id = ?, updated_at = ? WHERE id = ?",
-            (placed_at, order["external_id"], formats.now(), row["id"]),
+            (placed_at, order["external_id"], formats.now(), best["id"]),
         )
-        return {"table": table, "id": row["id"]}
+        return {"table": table, "id": best["id"]}
 
     def totals(
         self, table: str, store_id: int, phones: list[str]

@@ -471,3 +471,11 @@ def test_erasure_cancels_and_scrubs(api: Api, clock: Clock, worker: Worker) -> N
     for message in (sent, pending):
         assert message["contact_phone"] is None and message["parameters"] is None
     assert "Marie" not in json.dumps(messages(api))
+
+
+def test_retry_after_is_capped_at_a_day() -> None:
+    from kanal.senders import retry_after
+
+    assert retry_after("7") == 7.0
+    assert retry_after("99999999999999") == 86400.0
+    assert retry_after("soon") is None

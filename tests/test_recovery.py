@@ -220,3 +220,12 @@ def test_recovery_stats(api: Api) -> None:
         api.url("stats/recovery?from=2026-05-01T00:00:00Z"), headers=api.headers()
     )
     assert missing.json()["errors"] == {"to": ["The to field is required."]}
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_timestamps_at_the_ends_of_time(api: Api, moment: str) -> None:
+    """Found by Schemathesis: placed_at 0001-01-01 overflowed the attribution window."""
+    at = datetime.fromisoformat(moment)
+    abandon(api, "checkouts", "CHK-1", at)
+    assert place(api, "ORDER-1", at)["created_at"] == at.isoformat()
+    assert read(api, "checkouts/CHK-1")["recovery_status"] in ("abandoned", "not_recovered")
