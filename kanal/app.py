@@ -29,11 +29,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kanal import errors, validation
 from kanal.auth import AuthMiddleware
+from kanal.spec import load_spec
 from kanal.storage import Storage, current
 from kanal.stubs import controller_for, snake_case
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "openapi.yaml"
 MAX_BODY = 1024 * 1024
 DEFAULT_DB = "kanal.db"
 #: The contract (openapi.json, openapi.yaml) and Swagger UI are served under the API's base path.
@@ -48,13 +48,6 @@ class SnakeCaseResolver(Resolver):
 
     def resolve_operation_id(self, operation: Any) -> str:
         return f"{controller_for(operation._operation)}.{snake_case(operation.operation_id)}"
-
-
-@functools.cache
-def load_spec() -> dict[str, Any]:
-    """openapi.yaml, parsed once per process (with libyaml when it is there)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(SPEC.read_text(), Loader=loader)
 
 
 @functools.cache

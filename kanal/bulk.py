@@ -17,34 +17,21 @@ from typing import IO, Any
 
 import ijson
 
-from kanal import app
 from kanal import storage as storage_module
 from kanal.auth import current_store
 from kanal.errors import ApiError, ValidationFailed
+from kanal.spec import load_spec, resolve
 from kanal.storage import Storage
 from kanal.validation import collect, compiled, current_region, fast, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 
 
-def _resolve(spec: dict[str, Any], node: Any) -> Any:
-    if isinstance(node, list):
-        return [_resolve(spec, item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        target: Any = spec
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        return _resolve(spec, target)
-    return {key: _resolve(spec, value) for key, value in node.items()}
-
-
 def body_schema(resource: str) -> dict[str, Any]:
     """The request schema of ``POST /api/v1/stores/{store_id}/{resource}``."""
-    spec = app.load_spec()
+    spec = load_spec()
     operation = spec["paths"][f"/api/v1/stores/{{store_id}}/{resource}"]["post"]
-    body = _resolve(spec, operation["requestBody"])
+    body = resolve(spec, operation["requestBody"])
     return body["content"]["application/json"]["schema"]
 
 

@@ -444,7 +444,8 @@ def run_server(db_path: str, host: str, port: int, workers: int) -> None:
 def stubs(check: bool) -> None:
     """Write a 501 handler stub for every operation of openapi.yaml that has none."""
     from kanal import stubs as stubs_module
-    from kanal.app import ROOT, SPEC
+    from kanal.app import ROOT
+    from kanal.spec import SPEC
 
     missing = stubs_module.missing(ROOT, SPEC)
     if check:

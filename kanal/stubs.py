@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from connexion.decorators.parameter import pythonic
 
+from kanal.spec import resolve
+
 METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
 TYPES = {
     "integer": "int",
@@ -80,15 +82,6 @@ class Stub:
         return f'{signature}\n    """{summary}"""\n    return {{"error": "Not implemented"}}, 501\n'
 
 
-def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        target: Any = spec
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 def operations(spec: dict[str, Any]) -> list[Stub]:
     """Every operation of the spec, as the stub that would implement it."""
     found = []
@@ -99,10 +92,10 @@ def operations(spec: dict[str, Any]) -> list[Stub]:
                 continue
             params = []
             for param in [*item.get("parameters", []), *op.get("parameters", [])]:
-                param = _resolve(spec, param)
+                param = resolve(spec, param)
                 if param["in"] not in ("path", "query"):
                     continue
-                schema = _resolve(spec, param.get("schema", {}))
+                schema = resolve(spec, param.get("schema", {}))
                 params.append(
                     (
                         pythonic(param["name"]),

@@ -7,36 +7,24 @@ import copy
 from typing import Any
 
 import pytest
-import yaml
 
+from kanal.spec import load_spec, resolve
 from kanal.validation import compiled, current_region, fast
 from tests.test_field_rules import BODIES, PARAMS, put
 
-from .conftest import ROOT
-
-SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+SPEC = load_spec()
 
 
-def resolve(node: Any) -> Any:
-    """The spec's schema with every $ref inlined (what Connexion hands the validators)."""
-    if isinstance(node, list):
-        return [resolve(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        target: Any = SPEC
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        return resolve(target)
-    return {key: resolve(value) for key, value in node.items()}
+def schema(name: str) -> Any:
+    return resolve(SPEC, SPEC["components"]["schemas"][name])
 
 
 SCHEMAS = {
-    "orders": resolve(SPEC["components"]["schemas"]["OrderInput"]),
-    "checkouts": resolve(SPEC["components"]["schemas"]["CheckoutInput"]),
-    "carts": resolve(SPEC["components"]["schemas"]["CheckoutInput"]),
-    "customers": resolve(SPEC["components"]["schemas"]["CustomerInput"]),
-    "shipments": resolve(SPEC["components"]["schemas"]["ShipmentInput"]),
+    "orders": schema("OrderInput"),
+    "checkouts": schema("CheckoutInput"),
+    "carts": schema("CheckoutInput"),
+    "customers": schema("CustomerInput"),
+    "shipments": schema("ShipmentInput"),
 }
 
 
