@@ -6,20 +6,7 @@ from starlette.responses import Response as NoContent
 
 from kanal import reads
 from kanal.records import Body, Response, phone, storage, upsert_linked
-
-
-def render(row: Body) -> Body:
-    return {
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "first_name": row["first_name"],
-        "last_name": row["last_name"],
-        "email": row["email"],
-        "locale": row["locale"],
-        "tags": row["tags"] or [],
-        "lifetime_value": row["lifetime_value"],
-        "orders_count": row["orders_count"],
-    }
+from kanal.render import customer_response
 
 
 async def upsert_customer(store_id: int, body: Body) -> Response:
@@ -47,7 +34,7 @@ async def upsert_customer(store_id: int, body: Body) -> Response:
         },
         key=key,
     )
-    return render(row), 201 if created else 200
+    return customer_response(row), 201 if created else 200
 
 
 async def delete_customer(store_id: int, external_id: str) -> NoContent:

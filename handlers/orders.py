@@ -6,19 +6,7 @@ from kanal import automations, formats, reads
 from kanal.auth import current_store
 from kanal.errors import not_found
 from kanal.records import Body, Response, changes, customer_columns, storage, upsert_linked
-
-
-def render(row: Body) -> Body:
-    return {
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "total_price": row["total_price"],
-        "currency": row["currency"],
-        "financial_status": row["financial_status"],
-        "fulfillment_status": row["fulfillment_status"],
-        "tags": row["tags"] or [],
-        "created_at": row["placed_at"],
-    }
+from kanal.render import order_response
 
 
 async def upsert_order(store_id: int, body: Body) -> Response:
@@ -39,7 +27,7 @@ async def upsert_order(store_id: int, body: Body) -> Response:
             "metadata": body.get("metadata"),
         },
     )
-    return render(row), 201 if created else 200
+    return order_response(row), 201 if created else 200
 
 
 async def update_order(store_id: int, external_id: str, body: Body) -> Response:
@@ -50,7 +38,7 @@ async def update_order(store_id: int, external_id: str, body: Body) -> Response:
         if row is None:
             raise not_found("Order")
         automations.sync_order(store, current_store.get(), row)
-    return render(row), 200
+    return order_response(row), 200
 
 
 async def list_orders(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:

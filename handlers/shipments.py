@@ -5,6 +5,7 @@ from typing import Any
 from kanal import automations, reads
 from kanal.auth import current_store
 from kanal.records import Body, Response, require_order, storage
+from kanal.render import shipment_response
 from kanal.storage import Storage
 
 
@@ -14,15 +15,7 @@ async def upsert_shipment(store_id: int, body: Body) -> Response:
     with store.transaction():
         row, created, order = _upsert(store, store_id, body)
         automations.sync_shipping(store, current_store.get(), row, order)
-    return {
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "order_id": row["order_id"],
-        "tracking_number": row["tracking_number"],
-        "tracking_url": row["tracking_url"],
-        "carrier": row["carrier"],
-        "status": row["status"],
-    }, 201 if created else 200
+    return shipment_response(row), 201 if created else 200
 
 
 def _upsert(store: Storage, store_id: int, body: Body) -> tuple[Body, bool, Body]:

@@ -23,6 +23,13 @@ from kanal import formats
 from kanal.auth import current_store
 from kanal.errors import error, not_found
 from kanal.records import Body, storage
+from kanal.render import (
+    checkout_record,
+    customer_record,
+    message_record,
+    order_record,
+    shipment_record,
+)
 from kanal.storage import ABANDONED, Storage, Where
 
 Render = Callable[[Body], Body]
@@ -56,124 +63,6 @@ def totals(pairs: list[tuple[str | None, str]]) -> dict[str, str]:
         key = currency or NO_CURRENCY
         sums[key] = sums.get(key, Decimal(0)) + Decimal(amount)
     return {currency: str(total.quantize(formats.CENT)) for currency, total in sorted(sums.items())}
-
-
-def order_record(row: Body) -> Body:
-    return {
-        "id": row["id"],
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "total_price": row["total_price"],
-        "currency": row["currency"],
-        "financial_status": row["financial_status"],
-        "fulfillment_status": row["fulfillment_status"],
-        "customer": row["customer"],
-        "line_items": row["line_items"],
-        "tags": row["tags"] or [],
-        "metadata": row["metadata"],
-        "created_at": row["placed_at"],
-        "updated_at": row["updated_at"],
-    }
-
-
-def checkout_record(row: Body) -> Body:
-    return {
-        "id": row["id"],
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "status": row["status"],
-        "total_price": row["total_price"],
-        "currency": row["currency"],
-        "recovery_url": row["recovery_url"],
-        "customer": row["customer"],
-        "line_items": row["line_items"],
-        "tags": row["tags"] or [],
-        "metadata": row["metadata"],
-        "created_at": row["abandoned_at"],
-        "updated_at": row["updated_at"],
-        "recovery_status": row["recovery_status"],
-        "recovered_at": row["recovered_at"],
-        "recovered_order_external_id": row["recovered_order_external_id"],
-        "notifications_enabled": bool(row["notifications_enabled"]),
-        **notification_fields(row["notifications"]),
-    }
-
-
-def notification_fields(messages: list[Body]) -> Body:
-    """SureCart's notification fields, from the record's recovery messages."""
-    states = {message["state"] for message in messages}
-    status = (
-        "sent"
-        if "sent" in states
-        else "scheduled"
-        if states & {"scheduled", "sending"}
-        else "not_scheduled"
-    )
-    return {
-        "notification_status": status,
-        "notifications_scheduled_at": [message["scheduled_at"] for message in messages],
-    }
-
-
-def message_record(row: Body) -> Body:
-    return {
-        "id": row["id"],
-        "store_id": row["store_id"],
-        "trigger": row["trigger"],
-        "step": row["step"],
-        "record_type": row["record_table"],
-        "record_external_id": row["record_external_id"],
-        "contact_phone": row["contact_phone"],
-        "template": row["template"],
-        "language": row["language"],
-        "parameters": row["parameters"],
-        "sender": row["sender"],
-        "state": row["state"],
-        "scheduled_at": row["scheduled_at"],
-        "next_attempt_at": row["next_attempt_at"],
-        "attempts": row["attempts"],
-        "last_error": row["last_error"],
-        "provider_id": row["provider_id"],
-        "sent_at": row["sent_at"],
-        "cancelled_reason": row["cancelled_reason"],
-        "created_at": row["inserted_at"],
-        "updated_at": row["updated_at"],
-    }
-
-
-def customer_record(row: Body) -> Body:
-    return {
-        "id": row["id"],
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "phone": row["phone"],
-        "first_name": row["first_name"],
-        "last_name": row["last_name"],
-        "email": row["email"],
-        "locale": row["locale"],
-        "tags": row["tags"] or [],
-        "lifetime_value": row["lifetime_value"],
-        "orders_count": row["orders_count"],
-        "created_at": row["inserted_at"],
-        "updated_at": row["updated_at"],
-    }
-
-
-def shipment_record(row: Body) -> Body:
-    return {
-        "id": row["id"],
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "order_id": row["order_id"],
-        "order_external_id": row["order_external_id"],
-        "tracking_number": row["tracking_number"],
-        "tracking_url": row["tracking_url"],
-        "carrier": row["carrier"],
-        "status": row["status"],
-        "metadata": row["metadata"],
-        "created_at": row["inserted_at"],
-        "updated_at": row["updated_at"],
-    }
 
 
 def contact_records(store: Storage, store_id: int, rows: list[Body]) -> list[Body]:

@@ -11,6 +11,7 @@ from typing import Any
 from kanal import automations, formats
 from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
+from kanal.render import checkout_response
 from kanal.storage import ABANDONED, Storage, current
 from kanal.validation import current_region
 
@@ -82,19 +83,6 @@ def require_order(store_id: int, external_id: str) -> Body:
     return order
 
 
-def render_checkout(row: Body) -> Body:
-    return {
-        "external_id": row["external_id"],
-        "store_id": row["store_id"],
-        "status": row["status"],
-        "total_price": row["total_price"],
-        "currency": row["currency"],
-        "recovery_url": row["recovery_url"],
-        "tags": row["tags"] or [],
-        "created_at": row["abandoned_at"],
-    }
-
-
 def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
     """POST /checkouts and /carts: replace everything but the lifecycle status."""
     row, created = upsert_linked(
@@ -112,7 +100,7 @@ def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
             "metadata": body.get("metadata"),
         },
     )
-    return render_checkout(row), 201 if created else 200
+    return checkout_response(row), 201 if created else 200
 
 
 def update_abandoned(
@@ -127,4 +115,4 @@ def update_abandoned(
         if row is None:
             raise not_found(label)
         automations.sync_recovery(store, current_store.get(), table, row)
-    return render_checkout(row), 200
+    return checkout_response(row), 200

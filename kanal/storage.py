@@ -437,22 +437,28 @@ class Storage:
         limit: int = -1,
     ) -> tuple[str, list[Any]]:
         """The SQL of :meth:`select` (keyset pages on the (store_id, id) index)."""
+        bounds = [*where]
+        if after is not None:
+            bounds.append(("id > ?", (after,)))
+        if before is not None:
+            bounds.append(("id < ?", (before,)))
+        source, params = self._filtered(table, store_id, bounds, computed)
+        order = "DESC" if before is not None else "ASC"
+        return f"SELECT * {source} ORDER BY id {order} LIMIT ?", [*params, limit]
+
+    @staticmethod
+    def _filtered(
+        table: str, store_id: int, where: Where, computed: tuple[str, tuple[Any, ...]]
+    ) -> tuple[str, list[Any]]:
+        """``FROM ... WHERE ...`` over one store's rows, with computed columns."""
         clauses = ["store_id = ?", *(sql for sql, _ in where)]
         params: list[Any] = [*computed[1], store_id]
         for _, values in where:
             params.extend(values)
-        if after is not None:
-            clauses.append("id > ?")
-            params.append(after)
-        if before is not None:
-            clauses.append("id < ?")
-            params.append(before)
-        order = "DESC" if before is not None else "ASC"
-        sql = (
-            f"SELECT * FROM (SELECT *{computed[0]} FROM {table}) "
-            f"WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?"
+        return (
+            f"FROM (SELECT *{computed[0]} FROM {table}) WHERE {' AND '.join(clauses)}",
+            params,
         )
-        return sql, [*params, limit]
 
     def select(
         self,
@@ -482,15 +488,8 @@ class Storage:
         *,
         computed: tuple[str, tuple[Any, ...]] = ("", ()),
     ) -> int:
-        clauses = ["store_id = ?", *(sql for sql, _ in where)]
-        params: list[Any] = [*computed[1], store_id]
-        for _, values in where:
-            params.extend(values)
-        sql = (
-            f"SELECT count(*) FROM (SELECT *{computed[0]} FROM {table}) "
-            f"WHERE {' AND '.join(clauses)}"
-        )
-        return int(self.conn.execute(sql, params).fetchone()[0])
+        source, params = self._filtered(table, store_id, where, computed)
+        return int(self.conn.execute(f"SELECT count(*) {source}", params).fetchone()[0])
 
     def secret(self) -> bytes:
         """The key that signs pagination cursors: drawn once, shared by every worker."""
