@@ -47,11 +47,12 @@ def prepare(db: str) -> str:
     return key
 
 
-def start(command: list[str], db: str, port: int) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], db: str, port: int, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KANAL_DB": db}
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     for _ in range(300):
         try:
             httpx.get(f"http://127.0.0.1:{port}/", timeout=1)

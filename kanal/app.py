@@ -35,6 +35,8 @@ from kanal.stubs import controller_for, snake_case
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BODY = 1024 * 1024
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_DB = "kanal.db"
 #: The contract (openapi.json, openapi.yaml) and Swagger UI are served under the API's base path.
 DOCS_BASE = "/api/v1"
@@ -142,6 +144,17 @@ class KanalASGI:
                 body,
                 [(b"allow", ", ".join(sorted(methods)).encode())],
             )
+            return
+        headers = scope["headers"]
+        if (
+            len(headers) > MAX_HEADERS
+            or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES
+        ):
+            message = (
+                f"Request headers too large (at most {MAX_HEADERS} headers and "
+                f"{MAX_HEADER_BYTES} bytes)."
+            )
+            await _send(send, 431, b"application/json", json.dumps({"error": message}).encode())
             return
         current.set(self.storage)
         state: dict[str, Any] = {}

@@ -83,3 +83,29 @@ def test_rate_limit_headers_on_every_store_response(server: Server, keys: dict[s
         assert int(response.headers["X-RateLimit-Remaining"]) < 100000
     assert [r.status_code for r in (ok, invalid, missing, erased)] == [201, 422, 404, 204]
     assert "content-type" not in erased.headers
+
+
+def test_header_floods_get_a_clean_4xx_and_the_server_stays_up(
+    server: Server, keys: dict[str, Any]
+) -> None:
+    import socket
+
+    host, port = "127.0.0.1", server.port
+    floods = [
+        b"".join(b"X-Flood-%d: %s\r\n" % (n, b"a" * 64) for n in range(10_000)),  # many
+        b"X-Big: " + b"a" * (1024 * 1024) + b"\r\n",  # one huge header
+    ]
+    for flood in floods:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            request = (
+                b"POST /api/v1/stores/123/orders HTTP/1.1\r\nHost: x\r\n"
+                + flood
+                + b"Content-Length: 0\r\n\r\n"
+            )
+            try:
+                sock.sendall(request)
+                answer = sock.recv(200)
+            except (BrokenPipeError, ConnectionResetError):
+                answer = b""  # refused mid-send: the connection is closed, nothing served
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
