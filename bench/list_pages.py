@@ -20,25 +20,15 @@ from pathlib import Path
 
 import httpx
 
-from kanal.cli import create_key
+from bench.run import prepare
 from kanal.reads import encode_cursor
 from kanal.storage import Storage
 from tests.conftest import Server
 
 
 def fill(db: str, records: int) -> str:
+    key = prepare(db)
     storage = Storage(db)
-    storage.create_store(
-        {
-            "id": 123,
-            "name": "Bench",
-            "team_id": None,
-            "region": "FR",
-            "rate_limit": 10**9,
-            "paused": 0,
-        }
-    )
-    key = create_key(storage, name="bench", store_id=123)
     stamp = "2026-05-18T10:00:00+00:00"
     customer = json.dumps({"phone": "+33612345678", "first_name": "Marie"})
     with storage.transaction() as conn:

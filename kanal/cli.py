@@ -177,6 +177,7 @@ def _csv(value: str, kind: type = str) -> list[Any]:
 def _automations(store: dict[str, Any], options: dict[str, Any]) -> str | None:
     """The store's automation settings with the given options applied (JSON), or None."""
     from kanal.automations import DEFAULTS
+    from kanal.spec import load_spec
 
     own = json.loads(store.get("automations") or "{}")
     before = json.dumps(own, sort_keys=True)
@@ -200,7 +201,7 @@ def _automations(store: dict[str, Any], options: dict[str, Any]) -> str | None:
         own["recovery_steps"] = steps
     if options["shipping_statuses"] is not None:
         statuses = _csv(options["shipping_statuses"])
-        known = {"pending", "in_transit", "delivered", "failed", "returned"}
+        known = set(load_spec()["components"]["schemas"]["ShipmentStatus"]["enum"])
         if not set(statuses) <= known:
             raise click.BadParameter(f"shipping statuses are among {', '.join(sorted(known))}")
         own["shipping_statuses"] = statuses

@@ -461,24 +461,16 @@ class Storage:
         )
 
     def select(
-        self,
-        table: str,
-        store_id: int,
-        where: Where = (),
-        *,
-        computed: tuple[str, tuple[Any, ...]] = ("", ()),
-        after: int | None = None,
-        before: int | None = None,
-        limit: int = -1,
+        self, table: str, store_id: int, where: Where = (), **page: Any
     ) -> list[dict[str, Any]]:
         """Rows of one store, by id: after ``after`` ascending, or the last ones
         before ``before`` (still returned ascending). ``computed`` adds columns
-        (``, expr AS name``) whose expressions may also appear in ``where``."""
-        sql, params = self.select_sql(
-            table, store_id, where, computed=computed, after=after, before=before, limit=limit
-        )
+        (``, expr AS name``) whose expressions may also appear in ``where``. ``page``
+        takes :meth:`select_sql`'s keywords."""
+        sql, params = self.select_sql(table, store_id, where, **page)
         rows = [self._decode(r) for r in self.conn.execute(sql, params)]
-        return [r for r in (reversed(rows) if before is not None else rows) if r is not None]
+        descending = page.get("before") is not None
+        return [r for r in (reversed(rows) if descending else rows) if r is not None]
 
     def count(
         self,
