@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope
 
 from kanal import formats
 from kanal.errors import ValidationFailed, error
+from kanal.operations import BODY
 
 #: The default region of the store the current request is for (set by auth).
 current_region: ContextVar[str | None] = ContextVar("current_region", default=None)
@@ -304,6 +305,7 @@ class BodyValidator(AbstractRequestBodyValidator):
             errors = collect(compiled(self._schema).iter_errors(body))
             if errors:
                 raise ValidationFailed(errors)
+        scope.setdefault("kanal", {})[BODY] = body  # the handler gets this object
         return self._insert_messages(receive, messages=messages), scope
 
 

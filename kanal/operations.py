@@ -1,0 +1,161 @@
+"""Connexion's operation layer, with its per-operation work done once.
+
+Connexion 3's ``AsyncOperation`` builds a new ``StarletteDecorator`` on every
+request, and that decorator wraps the handler again (``inspect.signature``,
+parameter and response decorators) and builds a new URI parser, also on every
+request. None of that depends on the request. Here it is built once per
+operation; what Connexion does per request (parameters parsed and typed by its
+URI parser, the response built by its response decorator) is unchanged.
+
+The JSON body is parsed once: the body validator keeps the object it validated
+in ``scope["kanal"]["body"]`` and the handler receives that very object instead
+of a second parse of the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from copy import deepcopy
+from typing import Any
+
+from connexion.apps.asynchronous import AsyncApi, AsyncOperation
+from connexion.context import operation, receive, scope
+from connexion.decorators import StarletteDecorator
+from connexion.decorators.parameter import (
+    AsyncParameterDecorator,
+    _get_query_defaults,
+    _get_val_from_param,
+    unwrap_decorators,
+)
+from connexion.lifecycle import ConnexionRequest
+from connexion.uri_parsing import AbstractURIParser
+from connexion.utils import inspect_function_arguments
+
+#: Where the body validator leaves the parsed body (scope["kanal"][BODY]).
+BODY = "body"
+
+
+class ValidatedRequest(ConnexionRequest):
+    """A request whose JSON body is the object the body validator parsed and checked."""
+
+    async def json(self) -> Any:
+        state = self._starlette_request.scope.get("kanal") or {}
+        if BODY in state:
+            return state[BODY]
+        return await super().json()
+
+
+class Arguments:
+    """How one operation's request becomes its handler's keyword arguments.
+
+    The rules are Connexion's (``connexion.decorators.parameter.get_arguments``):
+    path and query parameters typed by their schema, query defaults from the spec,
+    the JSON body under the body's name, names made pythonic (``from`` -> ``from_``),
+    only the arguments the handler accepts. What Connexion works out again for
+    every request (definitions by name, defaults, sanitized names) is worked out
+    here once, for the operation.
+    """
+
+    def __init__(self, op: Any, function: Any, sanitize: Any) -> None:
+        arguments, has_kwargs = inspect_function_arguments(unwrap_decorators(function))
+        accepted = (lambda name: True) if has_kwargs else (lambda name: name in arguments)
+        by_location: dict[str, dict[str, Any]] = {"path": {}, "query": {}}
+        for parameter in op.parameters:
+            if parameter["in"] in by_location:
+                by_location[parameter["in"]][parameter["name"]] = parameter
+        self.path = {
+            name: (sanitize(name), definition) for name, definition in by_location["path"].items()
+        }
+        self.query = {
+            name: (sanitize(name), definition)
+            for name, definition in by_location["query"].items()
+            if accepted(sanitize(name))
+        }
+        self.defaults = {
+            name: value
+            for name, value in _get_query_defaults(by_location["query"]).items()
+            if name in self.query
+        }
+        body_name = sanitize(op.body_name("application/json"))
+        self.body = body_name if op.is_request_body_defined and accepted(body_name) else None
+        self.body_default = op.body_schema("application/json").get("default", {})
+
+    async def __call__(self, request: ConnexionRequest) -> dict[str, Any]:
+        kwargs = {}
+        for name, value in request.path_params.items():
+            sanitized, definition = self.path.get(name, (name, None))
+            kwargs[sanitized] = (
+                value if definition is None else _get_val_from_param(value, definition)
+            )
+        if self.query:
+            values = {**self.defaults, **request.query_params}
+            for name, value in values.items():
+                if name in self.query:
+                    sanitized, definition = self.query[name]
+                    kwargs[sanitized] = _get_val_from_param(value, definition)
+        if self.body is not None:
+            body = await request.json()
+            kwargs[self.body] = deepcopy(self.body_default) if body is None else body
+        return kwargs
+
+
+class ArgumentsDecorator(AsyncParameterDecorator):
+    """Connexion's parameter decorator for a JSON API, with ``Arguments`` built once."""
+
+    def __call__(self, function: Any) -> Any:
+        prepared: list[Arguments] = []
+
+        @functools.wraps(function)
+        async def wrapper(request: ConnexionRequest) -> Any:
+            if not prepared:  # the operation is known from the first request on
+                prepared.append(Arguments(operation, function, self.sanitize_fn))
+            return await function(**await prepared[0](request))
+
+        return wrapper
+
+
+class OnceDecorator(StarletteDecorator):
+    """``StarletteDecorator`` that wraps the handler and builds the URI parser once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._parser: AbstractURIParser | None = None
+
+    @property
+    def uri_parser(self) -> AbstractURIParser:
+        if self._parser is None:  # the operation is known from the first request on
+            uri_parser_class = self.uri_parser_class or operation.uri_parser_class
+            self._parser = uri_parser_class(operation.parameters, operation.body_definition())
+        return self._parser
+
+    @property
+    def _parameter_decorator_cls(self) -> type[AsyncParameterDecorator]:
+        return ArgumentsDecorator
+
+    def __call__(self, function: Any) -> Any:
+        decorated = self.decorate(function)
+
+        @functools.wraps(function)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
+            return await decorated(request)
+
+        return wrapper
+
+
+class OnceOperation(AsyncOperation):
+    """``AsyncOperation`` whose decorated handler is built at the first request, not at each."""
+
+    @functools.cached_property
+    def fn(self) -> Any:  # type: ignore[override]
+        decorator = OnceDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
+        return decorator(self._fn)
+
+
+class OnceApi(AsyncApi):
+    """Connexion's ASGI API, making ``OnceOperation``s."""
+
+    def make_operation(self, operation: Any) -> AsyncOperation:
+        return OnceOperation.from_operation(
+            operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
+        )
