@@ -22,6 +22,7 @@ from connexion import AsyncApp
 from connexion.exceptions import ProblemException
 from connexion.middleware import ConnexionMiddleware
 from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kanal import errors, validation
 from kanal.auth import AuthMiddleware
-from kanal.operations import OnceApi
+from kanal.operations import OnceApi, OnceRequestValidationMiddleware
 from kanal.spec import load_spec
 from kanal.storage import Storage, current
 from kanal.stubs import controller_for, snake_case
@@ -236,10 +237,11 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 def create_app(db_path: str | None = None, *, validate_responses: bool = False) -> ASGIApp:
     """Build the ASGI application over the SQLite database at ``db_path``."""
     storage = Storage(db_path or os.environ.get("KANAL_DB", DEFAULT_DB))
-    middlewares = [
-        AuthMiddleware if m is SecurityMiddleware else m
-        for m in ConnexionMiddleware.default_middlewares
-    ]
+    replaced = {
+        SecurityMiddleware: AuthMiddleware,
+        RequestValidationMiddleware: OnceRequestValidationMiddleware,
+    }
+    middlewares = [replaced.get(m, m) for m in ConnexionMiddleware.default_middlewares]
     middlewares.insert(middlewares.index(ContextMiddleware), RateLimitHeadersMiddleware)
     app = AsyncApp(
         __name__,

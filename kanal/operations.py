@@ -20,6 +20,7 @@ from typing import Any
 
 from connexion.apps.asynchronous import AsyncApi, AsyncOperation
 from connexion.context import operation, receive, scope
+from connexion.datastructures import MediaTypeDict
 from connexion.decorators import StarletteDecorator
 from connexion.decorators.parameter import (
     AsyncParameterDecorator,
@@ -28,8 +29,14 @@ from connexion.decorators.parameter import (
     unwrap_decorators,
 )
 from connexion.lifecycle import ConnexionRequest
+from connexion.middleware.request_validation import (
+    RequestValidationAPI,
+    RequestValidationMiddleware,
+    RequestValidationOperation,
+)
 from connexion.uri_parsing import AbstractURIParser
-from connexion.utils import inspect_function_arguments
+from connexion.utils import inspect_function_arguments, is_nullable
+from starlette.types import Receive, Scope, Send
 
 #: Where the body validator leaves the parsed body (scope["kanal"][BODY]).
 BODY = "body"
@@ -159,3 +166,70 @@ class OnceApi(AsyncApi):
         return OnceOperation.from_operation(
             operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
         )
+
+
+class OnceRequestValidation(RequestValidationOperation):
+    """Connexion's request validation, its validators built once per operation.
+
+    Connexion builds a URI parser, a parameter validator, a media-type table and a
+    body validator for every request; they depend on the operation only. The steps
+    and their order are Connexion's: parameters, then the media type, then the body.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        op = self._operation
+        self._uri_parser = op._uri_parser_class(op.parameters, op.body_definition())
+        self._parameters = self._validator_map["parameter"](
+            op.parameters,
+            uri_parser=self._uri_parser,
+            strict_validation=self.strict_validation,
+            security_query_params=self.security_query_params,
+        )
+        self._consumes = MediaTypeDict([(c.lower(), None) for c in op.consumes])
+        self._bodies: dict[tuple[str, str], Any] = {}
+
+    def validate_mime_type(self, mime_type: str) -> None:
+        if self._consumes and mime_type.lower() not in self._consumes:
+            super().validate_mime_type(mime_type)  # raises Connexion's 415 problem
+
+    def _body_validator(self, mime_type: str, encoding: str) -> Any:
+        key = (mime_type, encoding)
+        if key not in self._bodies:
+            op = self._operation
+            schema = op.body_schema(mime_type)
+            validator_cls = self._validator_map["body"].get(mime_type) if schema else None
+            self._bodies[key] = validator_cls and validator_cls(
+                schema=schema,
+                required=op.request_body.get("required", False),
+                nullable=is_nullable(op.body_definition(mime_type)),
+                encoding=encoding,
+                strict_validation=self.strict_validation,
+                uri_parser=self._uri_parser,
+            )
+        return self._bodies[key]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._parameters.validate(scope)
+        mime_type, encoding = self.extract_content_type(scope["headers"])
+        self.validate_mime_type(mime_type)
+        validator = self._body_validator(mime_type, encoding)
+        if validator is not None:
+            receive, scope = await validator.wrap_receive(receive, scope=scope)
+        await self.next_app(scope, receive, send)
+
+
+class OnceRequestValidationAPI(RequestValidationAPI):
+    def make_operation(self, operation: Any) -> RequestValidationOperation:
+        return OnceRequestValidation(
+            self.next_app,
+            operation=operation,
+            strict_validation=self.strict_validation,
+            validator_map=self.validator_map,
+        )
+
+
+class OnceRequestValidationMiddleware(RequestValidationMiddleware):
+    """Connexion's request validation middleware, making ``OnceRequestValidation``s."""
+
+    api_cls = OnceRequestValidationAPI

@@ -326,6 +326,8 @@ class ParametersValidator(ParameterValidator):
                         errors.setdefault(name, []).append(f"The {name} field is required.")
                     continue
                 schema = param.get("schema", {})
+                if fast(schema).is_valid(value):
+                    continue
                 found = collect(compiled(schema).iter_errors(value), prefix=[name])
                 for path, messages in found.items():
                     errors.setdefault(path, []).extend(messages)
