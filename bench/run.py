@@ -1,11 +1,14 @@
 """kanal against the bare stack, side by side, under wrk.
 
-    .venv/bin/python -m bench.run [--seconds 15] [--connections 32] [--workers 1]
+    .venv/bin/python -m bench.run [--seconds 10] [--rounds 3] [--connections 32] [--workers 1 2]
 
 Needs wrk (Debian: ``apt-get install wrk``). Each server gets a fresh database
 (store 123, a key, no rate limit to speak of), one warm-up run, then the
 measured run: POST of the seed recipe's full order, rotating over 5,000
-external_ids. Prints requests/s, p50 and p99 for both and kanal's ratio.
+external_ids. The servers take turns, round after round (a machine's other load
+comes and goes: taking turns spreads it over all of them), and the table gives
+each one's median round: requests/s, p50 and p99, and kanal's ratio to the bare
+baseline.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def wrk(port: int, key: str, seconds: int, connections: int) -> dict[str, Any]:
     return json.loads(line[5:])
 
 
-def measure(label: str, command: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def measure(command: list[str], args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kanal-bench-"))
     db = str(work / "bench.db")
     key = prepare(db)
@@ -93,33 +96,37 @@ def measure(label: str, command: list[str], args: argparse.Namespace) -> dict[st
     proc = start([*command, "--port", str(port)], db, port)
     try:
         wrk(port, key, 3, args.connections)  # warm-up: first inserts, caches
-        result = wrk(port, key, args.seconds, args.connections)
+        return wrk(port, key, args.seconds, args.connections)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"{label:<28} {result['rps']:>9.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f}"
-        f" {result['non2xx']:>7} {result['socket_errors']:>7}",
-        flush=True,
+
+
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput (its latencies with it)."""
+    return sorted(results, key=lambda result: result["rps"])[len(results) // 2]
+
+
+def row(label: str, result: dict[str, Any], ratio: str = "") -> str:
+    return (
+        f"{label:<26} {result['rps']:>8.0f} {result['p50_ms']:>7.2f} {result['p99_ms']:>7.2f}"
+        f" {result['non2xx']:>7} {result['socket_errors']:>7} {ratio:>6}"
     )
-    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     python = sys.executable
-    print(f"POST full seed order, {args.connections} connections, {args.seconds}s per run")
-    print(f"{'server':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7} {'sockerr':>7}")
-    base = measure(
-        "bare Starlette + SQLite",
-        [
+    servers = {
+        "bare Starlette + SQLite": [
             python,
             "-m",
             "uvicorn",
@@ -129,15 +136,35 @@ def main() -> int:
             "warning",
             "--no-access-log",
         ],
-        args,
+        **{
+            f"kanal, {n} worker{'s' if n > 1 else ''}": [
+                python,
+                "-m",
+                "kanal",
+                "serve",
+                "--workers",
+                str(n),
+            ]
+            for n in args.workers
+        },
+    }
+    print(
+        f"POST full seed order, {args.connections} connections, {args.seconds}s per run, "
+        f"{args.rounds} rounds (median round shown)"
     )
-    for workers in args.workers:
-        result = measure(
-            f"kanal, {workers} worker{'s' if workers > 1 else ''}",
-            [python, "-m", "kanal", "serve", "--workers", str(workers)],
-            args,
-        )
-        print(f"  ratio to bare: {result['rps'] / base['rps']:.2f}")
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
+    for number in range(1, args.rounds + 1):
+        for label, command in servers.items():
+            result = measure(command, args)
+            results[label].append(result)
+            print(f"  round {number}: {row(label, result)}", flush=True)
+    header = ("server", "req/s", "p50 ms", "p99 ms", "non-2xx", "sockerr", "ratio")
+    print("{:<26} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}".format(*header))
+    base = median_round(results["bare Starlette + SQLite"])
+    for label in servers:
+        result = median_round(results[label])
+        ratio = "" if label.startswith("bare") else f"{result['rps'] / base['rps']:.2f}"
+        print(row(label, result, ratio))
     return 0
 
 

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kanal import errors, validation
 from kanal.auth import AuthMiddleware
 from kanal.operations import OnceApi, OnceRequestValidationMiddleware
+from kanal.ratelimit import RateLimiter, current_limiter
 from kanal.spec import load_spec
 from kanal.storage import Storage, current
 from kanal.stubs import controller_for, snake_case
@@ -126,6 +127,7 @@ class KanalASGI:
     def __init__(self, app: ASGIApp, storage: Storage) -> None:
         self.app = app
         self.storage = storage
+        self.limiter = RateLimiter(storage)
         self.documents = contract_documents()
         self.paths = PathTable(load_spec()["paths"])
 
@@ -160,6 +162,7 @@ class KanalASGI:
             await _send(send, 431, b"application/json", json.dumps({"error": message}).encode())
             return
         current.set(self.storage)
+        current_limiter.set(self.limiter)
         state: dict[str, Any] = {}
         scope["kanal"] = state
         length = dict(scope["headers"]).get(b"content-length")

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kanal import storage as storage_module
 from kanal.errors import ApiError, error
+from kanal.ratelimit import current_limiter
 from kanal.validation import current_region
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -88,15 +89,17 @@ class AuthMiddleware:
             return
         store = storage_module.current.get()
         shop = authorize(store, scope, store_id)
-        allowed, remaining, retry_after = store.hit_rate_limit(shop["id"], shop["rate_limit"])
+        decision = current_limiter.get().hit(shop["id"], shop["rate_limit"])
         headers = {
             "X-RateLimit-Limit": str(shop["rate_limit"]),
-            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Remaining": str(decision.remaining),
         }
         scope["kanal"]["headers"] = headers
-        if not allowed:
+        if not decision.allowed:
             raise ApiError(
-                429, {"message": "Too Many Attempts."}, {"Retry-After": str(retry_after)}
+                429,
+                {"message": "Too Many Attempts."},
+                {"Retry-After": str(decision.retry_after)},
             )
         current_store.set(shop)
         current_region.set(shop["region"])

@@ -28,6 +28,7 @@ from connexion.decorators.parameter import (
     _get_val_from_param,
     unwrap_decorators,
 )
+from connexion.decorators.response import AsyncResponseDecorator
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
@@ -35,7 +36,7 @@ from connexion.middleware.request_validation import (
     RequestValidationOperation,
 )
 from connexion.uri_parsing import AbstractURIParser
-from connexion.utils import inspect_function_arguments, is_nullable
+from connexion.utils import inspect_function_arguments, is_nullable, split_content_type
 from starlette.types import Receive, Scope, Send
 
 #: Where the body validator leaves the parsed body (scope["kanal"][BODY]).
@@ -121,6 +122,23 @@ class ArgumentsDecorator(AsyncParameterDecorator):
         return wrapper
 
 
+class ResponseDecorator(AsyncResponseDecorator):
+    """Connexion's response decorator; the content type an operation produces, when
+    the handler names none, is worked out once instead of for every response."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._produced: dict[bool, str | None] = {}
+
+    def _infer_content_type(self, data: Any, headers: dict) -> str | None:
+        if headers and any(name.lower() == "content-type" for name in headers):
+            return super()._infer_content_type(data, headers)
+        has_data = data is not None
+        if has_data not in self._produced:
+            self._produced[has_data] = super()._infer_content_type(data, headers)
+        return self._produced[has_data]
+
+
 class OnceDecorator(StarletteDecorator):
     """``StarletteDecorator`` that wraps the handler and builds the URI parser once."""
 
@@ -138,6 +156,10 @@ class OnceDecorator(StarletteDecorator):
     @property
     def _parameter_decorator_cls(self) -> type[AsyncParameterDecorator]:
         return ArgumentsDecorator
+
+    @property
+    def _response_decorator_cls(self) -> type[AsyncResponseDecorator]:
+        return ResponseDecorator
 
     def __call__(self, function: Any) -> Any:
         decorated = self.decorate(function)
@@ -188,6 +210,20 @@ class OnceRequestValidation(RequestValidationOperation):
         )
         self._consumes = MediaTypeDict([(c.lower(), None) for c in op.consumes])
         self._bodies: dict[tuple[str, str], Any] = {}
+
+    def extract_content_type(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+        """Connexion's rule (the header's media type and charset, else the operation's
+        first media type and UTF-8) without its per-call typing constructs."""
+        for name, value in headers:
+            if name.lower() == b"content-type":
+                mime_type, encoding = split_content_type(value.decode("latin-1"))
+                break
+        else:
+            mime_type, encoding = None, None
+        if mime_type is None:
+            consumes = self._operation.consumes
+            mime_type = consumes[0] if consumes else "application/octet-stream"
+        return mime_type, encoding or "utf-8"
 
     def validate_mime_type(self, mime_type: str) -> None:
         if self._consumes and mime_type.lower() not in self._consumes:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -340,8 +338,15 @@ class Storage:
                     f"UPDATE {table} SET {assignments} WHERE id = ? RETURNING *",
                     (*changes.values(), existing["id"]),
                 ).fetchone()
-            stored = self._decode(written)
-        assert stored is not None
+        # The JSON columns just written are the record's own values: no need to parse
+        # them back; the others (ids, stamps, defaults, kept columns) come from the row.
+        stored = {
+            column: record[column] if column in JSON_COLUMNS and column in record else value
+            for column, value in zip(written.keys(), written, strict=True)
+        }
+        for column in JSON_COLUMNS.intersection(stored).difference(record):
+            if stored[column] is not None:
+                stored[column] = json.loads(stored[column])
         return stored, created
 
     def patch(
@@ -755,25 +760,29 @@ class Storage:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
 
-    def hit_rate_limit(self, store_id: int, limit: int) -> tuple[bool, int, int]:
-        """Count one request against the store's fixed one-minute window.
+    def reserve_permits(
+        self, store_id: int, limit: int, wanted: int, now: float
+    ) -> tuple[float, int, int]:
+        """Take up to ``wanted`` of the ``limit`` requests of the store's one-minute
+        window (a new window when the last one has ended), atomically across processes.
 
-        Atomic across processes (one write transaction). Returns (allowed, remaining,
-        seconds until the window resets).
+        Returns (window start, permits granted, requests taken from the window so far).
         """
-        now = time.time()
         with self.transaction() as conn:
-            start, hits = conn.execute(
-                "INSERT INTO rate_limits (store_id, window_start, hits) VALUES (?, ?, 1) "
-                "ON CONFLICT (store_id) DO UPDATE SET "
-                "window_start = CASE WHEN window_start <= ? THEN excluded.window_start "
-                "ELSE window_start END, "
-                "hits = CASE WHEN window_start <= ? THEN 1 ELSE hits + 1 END "
-                "RETURNING window_start, hits",
-                (store_id, now, now - RATE_WINDOW, now - RATE_WINDOW),
+            row = conn.execute(
+                "SELECT window_start, hits FROM rate_limits WHERE store_id = ?", (store_id,)
             ).fetchone()
-        retry_after = max(1, math.ceil(start + RATE_WINDOW - now))
-        return hits <= limit, max(0, limit - hits), retry_after
+            fresh = row is None or row[0] <= now - RATE_WINDOW
+            start, hits = (now, 0) if fresh else (row[0], row[1])
+            granted = max(0, min(wanted, limit - hits))
+            if granted or fresh:
+                conn.execute(
+                    "INSERT INTO rate_limits (store_id, window_start, hits) VALUES (?, ?, ?) "
+                    "ON CONFLICT (store_id) DO UPDATE SET "
+                    "window_start = excluded.window_start, hits = excluded.hits",
+                    (store_id, start, hits + granted),
+                )
+        return start, granted, hits + granted
 
 
 #: The storage of the application serving the current request.

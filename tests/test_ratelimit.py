@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from kanal import storage as storage_module
+from kanal import ratelimit
+from kanal.ratelimit import RateLimiter
 from kanal.storage import Storage
 
 from .conftest import STORE, Api
@@ -22,7 +23,7 @@ ORDER = {
 def test_limit_then_429_then_reset(api: Api, storage: Storage, monkeypatch: Any) -> None:
     storage.update_store(STORE, {"rate_limit": 3})
     clock = [1_000_000.0]
-    monkeypatch.setattr(storage_module.time, "time", lambda: clock[0])
+    monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
     remaining = [api.post("orders", ORDER).headers["X-RateLimit-Remaining"] for _ in range(3)]
     assert remaining == ["2", "1", "0"]
     limited = api.post("orders", ORDER)
@@ -48,3 +49,34 @@ def test_rate_limit_comes_before_validation(api: Api, storage: Storage, path: st
     storage.update_store(STORE, {"rate_limit": 1})
     assert api.post(path, {}).status_code == 422
     assert api.post(path, {}).status_code == 429
+
+
+def test_processes_share_the_window_in_blocks(storage: Storage) -> None:
+    """Two processes (two limiters on one database) over a limit of 1,000 a minute:
+    each reserves blocks of 5; together they never pass the limit and leave at most
+    one block each unspent; then the next window opens."""
+    storage.update_store(STORE, {"rate_limit": 1000})
+    first, second = RateLimiter(storage), RateLimiter(storage)
+    now = 5_000_000.0
+    allowed = [0, 0]
+    for i in range(3000):
+        limiter = (first, second)[i % 3 == 0]  # uneven: one process gets twice the traffic
+        decision = limiter.hit(STORE, 1000, now)
+        allowed[limiter is second] += decision.allowed
+        assert 0 <= decision.remaining <= 1000
+        assert decision.allowed or decision.retry_after == 60
+    assert 1000 - 2 * 5 <= sum(allowed) <= 1000
+    assert storage.conn.execute(
+        "SELECT hits FROM rate_limits WHERE store_id = ?", (STORE,)
+    ).fetchone()[0] <= 1000
+    assert first.hit(STORE, 1000, now + 59.5).retry_after == 1
+    assert first.hit(STORE, 1000, now + 60).allowed  # a new window
+    assert second.hit(STORE, 1000, now + 60).allowed
+
+
+def test_a_changed_limit_applies_at_once(storage: Storage) -> None:
+    limiter = RateLimiter(storage)
+    now = 6_000_000.0
+    assert limiter.hit(STORE, 1000, now).allowed  # holds a block of 5 permits
+    assert [limiter.hit(STORE, 1, now).allowed for _ in range(2)] == [False, False]
+    assert limiter.hit(STORE, 2000, now).allowed
