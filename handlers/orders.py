@@ -9,24 +9,25 @@ from kanal.records import Body, Response, changes, customer_columns, storage, up
 from kanal.render import order_response
 
 
+def order_record(body: Body) -> Body:
+    """An order's body as the columns written (by POST /orders and by ``kanal import``)."""
+    return {
+        "external_id": body["external_id"],
+        "placed_at": formats.utc_timestamp(body["placed_at"]),
+        "total_price": formats.money(body["total_price"]),
+        "currency": body.get("currency"),
+        "financial_status": body.get("financial_status"),
+        "fulfillment_status": body.get("fulfillment_status"),
+        **customer_columns(body["customer"]),
+        "line_items": body.get("line_items"),
+        "tags": body.get("tags") or [],
+        "metadata": body.get("metadata"),
+    }
+
+
 async def upsert_order(store_id: int, body: Body) -> Response:
     """Create or update an order."""
-    row, created = upsert_linked(
-        "orders",
-        store_id,
-        {
-            "external_id": body["external_id"],
-            "placed_at": formats.utc_timestamp(body["placed_at"]),
-            "total_price": formats.money(body["total_price"]),
-            "currency": body.get("currency"),
-            "financial_status": body.get("financial_status"),
-            "fulfillment_status": body.get("fulfillment_status"),
-            **customer_columns(body["customer"]),
-            "line_items": body.get("line_items"),
-            "tags": body.get("tags") or [],
-            "metadata": body.get("metadata"),
-        },
-    )
+    row, created = upsert_linked("orders", store_id, order_record(body))
     return order_response(row), 201 if created else 200
 
 

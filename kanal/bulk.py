@@ -2,15 +2,31 @@
 
 Each record is checked against the same request schema as ``POST /{resource}``
 (the fast validator decides, the reference one words the errors, exactly as in
-a 422) and written by the same handler as the API, in batches of one
-transaction each (a savepoint per record, so a bad one never undoes its batch).
-The file is streamed: JSON Lines line by line, a JSON array item by item (ijson).
+a 422). The file is streamed: JSON Lines line by line, a JSON array item by
+item (ijson), in chunks of ``batch`` records.
+
+Two stages:
+
+- Checking (parse, validate, and for orders the columns, exactly as the API's
+  handler computes them) is pure CPU work and runs in ``jobs`` worker processes,
+  a few chunks ahead of the writer and never more (the file is not read ahead
+  into memory).
+- Writing runs here, chunk after chunk in file order, one transaction a chunk.
+  Orders are written as a set (``Storage.upsert_many``, then their contacts),
+  and what an order sets off (attribution, confirmation) runs for each order
+  that can set anything off, as in the API. The other resources go through
+  their API handler, record by record, with a savepoint each, so a record the
+  handler refuses (a shipment of an unknown order) undoes only itself.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,10 +37,24 @@ from kanal import storage as storage_module
 from kanal.auth import current_store
 from kanal.errors import ApiError, ValidationFailed
 from kanal.spec import load_spec, resolve
-from kanal.storage import Storage
+from kanal.storage import Storage, contact_of
 from kanal.validation import collect, compiled, current_region, fast, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
+#: Chunks handed to the workers ahead of the writer, per worker.
+AHEAD = 2
+
+Errors = dict[str, list[str]]
+
+
+@dataclass
+class Checked:
+    """A chunk, checked: the valid records as (number, body) or, for orders,
+    (number, values as stored, contact); the invalid ones as (number, errors)."""
+
+    valid: list[tuple[Any, ...]] = field(default_factory=list)
+    invalid: list[tuple[int, Errors]] = field(default_factory=list)
+    columns: tuple[str, ...] = ()
 
 
 def body_schema(resource: str) -> dict[str, Any]:
@@ -59,31 +89,98 @@ def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 
 def read(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
-    """(line or item number, record, or an ApiError for what does not parse)."""
+    """(line or item number, the line's bytes or the array's item)."""
     head = stream.peek(64) if hasattr(stream, "peek") else b""
     if head.lstrip()[:1] == b"[":
-        for number, item in enumerate(ijson.items(stream, "item", use_float=True), 1):
-            yield number, item
+        yield from enumerate(ijson.items(stream, "item", use_float=True), 1)
         return
     for number, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            yield number, parse_json(line)
-        except ApiError as exc:
-            yield number, exc
+        if line.strip():
+            yield number, line
+
+
+def chunks(stream: IO[bytes], size: int) -> Iterator[tuple[list[tuple[int, Any]], int]]:
+    """The records in chunks of ``size``, each with the file offset it ends at."""
+    records = read(stream)
+    while chunk := [item for _, item in zip(range(size), records, strict=False)]:
+        yield chunk, stream.tell()
+
+
+class Checker:
+    """Parses and validates one resource's records, as the API does, for one store."""
+
+    def __init__(self, resource: str, region: str | None) -> None:
+        self.resource = resource
+        self.schema = body_schema(resource)
+        current_region.set(region)  # phone numbers are read in the store's region
+        self.orders = resource == "orders"
+
+    def errors(self, payload: Any) -> tuple[Any, Errors | None]:
+        """The record parsed, and what is wrong with it (None: it is valid)."""
+        if isinstance(payload, bytes):
+            try:
+                payload = parse_json(payload)
+            except ApiError as exc:
+                return None, {"": [exc.body["error"]]}
+        if not isinstance(payload, dict):
+            return None, {"": ["The record must be a JSON object."]}
+        if not fast(self.schema).is_valid(payload):
+            errors = collect(compiled(self.schema).iter_errors(payload))
+            if errors:
+                return None, errors
+        return payload, None
+
+    def check_chunk(self, chunk: list[tuple[int, Any]]) -> Checked:
+        from handlers.orders import order_record
+
+        checked = Checked()
+        for number, payload in chunk:
+            body, errors = self.errors(payload)
+            if errors is not None:
+                checked.invalid.append((number, errors))
+            elif not self.orders:
+                checked.valid.append((number, body))
+            else:  # the columns POST /orders writes, as stored, and the contact
+                record = order_record(body)
+                checked.columns = tuple(record)
+                values = tuple(Storage.encode(record).values())
+                checked.valid.append((number, values, contact_of(record["customer"])))
+        return checked
+
+
+_checker: Checker | None = None
+
+
+def _start_worker(resource: str, region: str | None) -> None:
+    global _checker
+    _checker = Checker(resource, region)
+
+
+def _check_in_worker(chunk: list[tuple[int, Any]]) -> Checked:
+    assert _checker is not None
+    return _checker.check_chunk(chunk)
 
 
 @dataclass
 class Report:
     created: int = 0
     updated: int = 0
-    invalid: list[tuple[int, dict[str, list[str]]]] = field(default_factory=list)
+    invalid: list[tuple[int, Errors]] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def valid(self) -> int:
         return self.created + self.updated
+
+
+#: Files up to this size are checked in the importing process (workers take a moment to start).
+SMALL_FILE = 4 * 1024 * 1024
+
+
+def default_jobs(path: str) -> int:
+    """One checking process per CPU for a large file (the writer shares the CPUs: part
+    of its time it waits on SQLite); none for a small one."""
+    return (os.cpu_count() or 1) if os.path.getsize(path) > SMALL_FILE else 0
 
 
 def import_file(
@@ -93,68 +190,122 @@ def import_file(
     db: str,
     *,
     batch: int = 1000,
+    jobs: int | None = None,
     progress: Any = None,
 ) -> Report:
+    """Import ``path`` into the store. ``jobs``: checking processes (0: check here)."""
     store = Storage(db)
     shop = store.get_store(store_id)
     if shop is None:
+        store.close()
         raise ValueError(f"no store {store_id}")
-    schema, upsert = body_schema(resource), handler(resource)
+    jobs = default_jobs(path) if jobs is None else jobs
     tokens = (
         storage_module.current.set(store),
         current_store.set(shop),
         current_region.set(shop["region"]),
     )
-    report, started = Report(), time.perf_counter()
+    writer = Writer(store, shop, resource)
+    started = time.perf_counter()
     try:
         with Path(path).open("rb") as stream:
-            records = read(stream)
-            while True:
-                chunk = [item for _, item in zip(range(batch), records, strict=False)]
-                if not chunk:
-                    break
-                with store.transaction():
-                    for number, record in chunk:
-                        _one(store, store_id, number, record, schema, upsert, report)
+            for checked, offset in _checked(stream, batch, jobs, resource, shop["region"]):
+                writer.write(checked)
                 if progress is not None:
-                    progress(stream.tell(), report)
+                    progress(offset, writer.report)
     finally:
         for var, token in zip(
             (storage_module.current, current_store, current_region), tokens, strict=True
         ):
             var.reset(token)
         store.close()
-    report.seconds = time.perf_counter() - started
-    return report
+    writer.report.seconds = time.perf_counter() - started
+    return writer.report
 
 
-def _one(
-    store: Storage,
-    store_id: int,
-    number: int,
-    record: Any,
-    schema: dict[str, Any],
-    upsert: Any,
-    report: Report,
-) -> None:
-    if isinstance(record, ApiError):
-        report.invalid.append((number, {"": [record.body["error"]]}))
+def _checked(
+    stream: IO[bytes], batch: int, jobs: int, resource: str, region: str | None
+) -> Iterator[tuple[Checked, int]]:
+    """The file's chunks, checked, in file order."""
+    if jobs <= 0:
+        checker = Checker(resource, region)
+        for chunk, offset in chunks(stream, batch):
+            yield checker.check_chunk(chunk), offset
         return
-    if not isinstance(record, dict):
-        report.invalid.append((number, {"": ["The record must be a JSON object."]}))
-        return
-    if not fast(schema).is_valid(record):
-        errors = collect(compiled(schema).iter_errors(record))
-        if errors:
-            report.invalid.append((number, errors))
+    # Spawned, not forked: no SQLite connection crosses into a worker. A worker that
+    # dies fails the import (BrokenProcessPool) instead of leaving it waiting.
+    with ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(resource, region),
+    ) as pool:
+        pending: deque[tuple[Future[Checked], int]] = deque()
+        for chunk, offset in chunks(stream, batch):
+            pending.append((pool.submit(_check_in_worker, chunk), offset))
+            if len(pending) >= AHEAD * jobs:
+                result, done = pending.popleft()
+                yield result.result(), done
+        while pending:
+            result, done = pending.popleft()
+            yield result.result(), done
+
+
+class Writer:
+    """Writes checked chunks into one store, one transaction a chunk."""
+
+    def __init__(self, store: Storage, shop: dict[str, Any], resource: str) -> None:
+        self.store, self.shop, self.resource = store, shop, resource
+        self.upsert = handler(resource)
+        self.report = Report()
+
+    def write(self, checked: Checked) -> None:
+        self.report.invalid.extend(checked.invalid)
+        with self.store.transaction():
+            if self.resource == "orders":
+                self._orders(checked.columns, checked.valid)
+            else:
+                for number, body in checked.valid:
+                    self._one(number, body)
+        self.report.invalid.sort(key=lambda item: item[0])
+
+    def _orders(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]]) -> None:
+        """Orders as sets. An order that comes again within the chunk starts a new set,
+        so each order's consequences follow its own version, as they do in the API."""
+        if not valid:
             return
-    try:
-        with store.savepoint():
-            _, status = run_sync(upsert(store_id, record))
-    except ValidationFailed as exc:
-        report.invalid.append((number, exc.body["errors"]))
-        return
-    if status == 201:
-        report.created += 1
-    else:
-        report.updated += 1
+        key = columns.index("external_id")
+        start, seen = 0, set()
+        for index, (_, values, _) in enumerate(valid):
+            if values[key] in seen:
+                self._order_set(columns, valid[start:index])
+                start, seen = index, set()
+            seen.add(values[key])
+        self._order_set(columns, valid[start:])
+
+    def _order_set(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]]) -> None:
+        from kanal.records import follow_order, sets_off
+
+        store_id = self.shop["id"]
+        rows = [values for _, values, _ in valid]
+        created = self.store.upsert_many("orders", store_id, columns, rows)
+        self.store.touch_contacts(store_id, [contact for _, _, contact in valid])
+        written = [dict(zip(columns, values, strict=True)) for values in rows]
+        for record in sets_off(self.store, self.shop, written):
+            order = self.store.get("orders", store_id, record["external_id"])
+            assert order is not None
+            follow_order(self.store, self.shop, order)
+        self.report.created += sum(created)
+        self.report.updated += len(created) - sum(created)
+
+    def _one(self, number: int, body: dict[str, Any]) -> None:
+        try:
+            with self.store.savepoint():
+                _, status = run_sync(self.upsert(self.shop["id"], body))
+        except ValidationFailed as exc:
+            self.report.invalid.append((number, exc.body["errors"]))
+            return
+        if status == 201:
+            self.report.created += 1
+        else:
+            self.report.updated += 1

@@ -477,8 +477,17 @@ def stubs(check: bool) -> None:
     show_default=True,
     help="Records per transaction.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Processes that parse and validate (default: one per CPU for files over "
+    "4 MiB, else 0: in the importing process).",
+)
 @db_option
-def import_(file: str, store_id: int, resource: str, batch: int, db_path: str) -> None:
+def import_(
+    file: str, store_id: int, resource: str, batch: int, jobs: int | None, db_path: str
+) -> None:
     """Upsert records from JSON Lines (or a JSON array) with the API's own validation."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
@@ -501,6 +510,7 @@ def import_(file: str, store_id: int, resource: str, batch: int, db_path: str) -
                 resource,
                 db_path,
                 batch=batch,
+                jobs=jobs,
                 progress=lambda done, _: bar.update(task, completed=done),
             )
         except ValueError as exc:

@@ -52,8 +52,6 @@ def upsert_linked(
 ) -> tuple[Body, bool]:
     """Upsert a record that carries a phone, refresh its contact and, for an order,
     attribute the recovery of an abandoned checkout or cart: one transaction."""
-    from kanal.reads import window_start  # reads builds on this module
-
     store, shop = storage(), current_store.get()
     with store.transaction():
         row, created = store.upsert(table, store_id, record, key=key)
@@ -61,16 +59,36 @@ def upsert_linked(
         if table in ABANDONED:
             automations.sync_recovery(store, shop, table, row)
         if table == "orders":
-            recovered = store.attribute(store_id, row, window_start(row["placed_at"]))
-            if recovered is not None:
-                automations.sync_recovery(
-                    store,
-                    shop,
-                    recovered["table"],
-                    store.get_by_id(recovered["table"], recovered["id"]),
-                )
-            automations.sync_order(store, shop, row)
+            follow_order(store, shop, row)
     return row, created
+
+
+def follow_order(store: Storage, shop: Body, order: Body) -> None:
+    """What writing an order sets off: the recovery of the abandoned checkout or cart
+    it completes (attribution), and the order confirmation."""
+    from kanal.reads import window_start  # reads builds on this module
+
+    recovered = store.attribute(order["store_id"], order, window_start(order["placed_at"]))
+    if recovered is not None:
+        automations.sync_recovery(
+            store, shop, recovered["table"], store.get_by_id(recovered["table"], recovered["id"])
+        )
+    automations.sync_order(store, shop, order)
+
+
+def sets_off(store: Storage, shop: Body, records: list[Body]) -> list[Body]:
+    """Of orders just written, those ``follow_order`` may act on: a phone with an open
+    abandoned checkout or cart, or a paid order when the store confirms orders.
+    (For the others it would find nothing to do.)"""
+    confirms = automations.settings(shop)["order_confirmation"]
+    open_phones = store.phones_with_open_abandoned(
+        shop["id"], {r["customer_phone"] for r in records if r["customer_phone"]}
+    )
+    return [
+        r
+        for r in records
+        if r["customer_phone"] in open_phones or (confirms and r["financial_status"] == "paid")
+    ]
 
 
 def require_order(store_id: int, external_id: str) -> Body:

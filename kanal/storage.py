@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import sqlite_utils
 
 from kanal import formats
@@ -162,8 +163,31 @@ HOLDERS = ("orders", "checkouts", "carts")
 ABANDONED = ("checkouts", "carts")
 PERSONAL = ("phone", "first_name", "last_name", "email")
 RATE_WINDOW = 60.0
+#: Values per ``IN (...)`` list, well under SQLite's limit on bound parameters.
+IN_CHUNK = 500
 #: SQL conditions with their parameters, joined with AND.
 Where = Sequence[tuple[str, tuple[Any, ...]]]
+
+
+def to_json(value: Any) -> str:
+    """JSON text of a value (orjson; the standard library for integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+#: What a contact takes from a customer: (phone, first_name, last_name, locale).
+Contact = tuple[str | None, str | None, str | None, str | None]
+
+
+def contact_of(customer: dict[str, Any]) -> Contact:
+    return (
+        customer.get("phone"),
+        customer.get("first_name"),
+        customer.get("last_name"),
+        customer.get("locale"),
+    )
 
 
 class Storage:
@@ -278,10 +302,10 @@ class Storage:
     # -- records ----------------------------------------------------------
 
     @staticmethod
-    def _encode(record: dict[str, Any]) -> dict[str, Any]:
+    def encode(record: dict[str, Any]) -> dict[str, Any]:
+        """A record's values as stored: its JSON columns as JSON text."""
         return {
-            k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v
-            for k, v in record.items()
+            k: to_json(v) if k in JSON_COLUMNS and v is not None else v for k, v in record.items()
         }
 
     @staticmethod
@@ -315,7 +339,7 @@ class Storage:
         take their default on creation.
         """
         key = key or {"external_id": record["external_id"]}
-        values = self._encode(record)
+        values = self.encode(record)
         stamp = formats.now()
         with self.transaction() as conn:
             existing = self._find(table, {"store_id": store_id, **key})
@@ -349,6 +373,50 @@ class Storage:
                 stored[column] = json.loads(stored[column])
         return stored, created
 
+    def upsert_many(
+        self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[bool]:
+        """``upsert`` for many records keyed by external_id, in order, as one statement
+        run for them all (no soft-deleted rows to revive: not for customers). ``rows``:
+        each record's values as stored (``encode``), in the order of ``columns``.
+        Returns, per record, whether it was created."""
+        if not rows:
+            return []
+        assert table != "customers", "customers come back from soft deletion: use upsert"
+        key = list(columns).index("external_id")
+        ids = [row[key] for row in rows]
+        seen: set[str] = set()
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start : start + IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            seen.update(
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT external_id FROM {table} WHERE store_id = ? "
+                    f"AND external_id IN ({marks})",
+                    (store_id, *chunk),
+                )
+            )
+        created = []
+        for external_id in ids:
+            created.append(external_id not in seen)
+            seen.add(external_id)
+        names = ", ".join(["store_id", *columns, "inserted_at", "updated_at"])
+        marks = ", ".join("?" for _ in range(len(columns) + 3))
+        replaced = ", ".join(
+            f"{column} = excluded.{column}"
+            for column in [*columns, "updated_at"]
+            if column != "external_id"
+        )
+        stamp = formats.now()
+        with self.transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+                f"ON CONFLICT (store_id, external_id) DO UPDATE SET {replaced}",
+                [(store_id, *row, stamp, stamp) for row in rows],
+            )
+        return created
+
     def patch(
         self,
         table: str,
@@ -361,7 +429,7 @@ class Storage:
 
         ``unless_set`` columns take their value only where they are still null.
         """
-        values = {**self._encode(changes), "updated_at": formats.now()}
+        values = {**self.encode(changes), "updated_at": formats.now()}
         assignments = [f"{column} = ?" for column in values]
         assignments += [f"{column} = COALESCE({column}, ?)" for column in unless_set or {}]
         params = (*values.values(), *(unless_set or {}).values())
@@ -504,10 +572,13 @@ class Storage:
 
     def touch_contact(self, store_id: int, customer: dict[str, Any]) -> None:
         """Create or refresh the contact of a customer's phone (names last seen)."""
-        if not customer.get("phone"):
-            return
+        self.touch_contacts(store_id, [contact_of(customer)])
+
+    def touch_contacts(self, store_id: int, contacts: Sequence[Contact]) -> None:
+        """``touch_contact`` for many customers (``contact_of``), in order: the last
+        one seen wins."""
         stamp = formats.now()
-        self.conn.execute(
+        self.conn.executemany(
             "INSERT INTO contacts (store_id, phone, first_name, last_name, locale, "
             "last_activity_at, inserted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (store_id, phone) DO UPDATE SET "
@@ -515,17 +586,27 @@ class Storage:
             "last_name = COALESCE(excluded.last_name, last_name), "
             "locale = COALESCE(excluded.locale, locale), "
             "last_activity_at = excluded.last_activity_at, updated_at = excluded.updated_at",
-            (
-                store_id,
-                customer["phone"],
-                customer.get("first_name"),
-                customer.get("last_name"),
-                customer.get("locale"),
-                stamp,
-                stamp,
-                stamp,
-            ),
+            [(store_id, *contact, stamp, stamp, stamp) for contact in contacts if contact[0]],
         )
+
+    def phones_with_open_abandoned(self, store_id: int, phones: set[str]) -> set[str]:
+        """Which of ``phones`` have an abandoned checkout or cart not yet recovered."""
+        found: set[str] = set()
+        ordered = sorted(phones)
+        for start in range(0, len(ordered), IN_CHUNK):
+            chunk = ordered[start : start + IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            for table in ABANDONED:
+                found.update(
+                    row[0]
+                    for row in self.conn.execute(
+                        f"SELECT DISTINCT customer_phone FROM {table} WHERE store_id = ? "
+                        f"AND customer_phone IN ({marks}) AND status = 'abandoned' "
+                        "AND recovered_at IS NULL",
+                        (store_id, *chunk),
+                    )
+                )
+        return found
 
     def attribute(
         self, store_id: int, order: dict[str, Any], window_start: str
@@ -610,7 +691,7 @@ class Storage:
     def schedule_message(self, store_id: int, message: dict[str, Any], due: str) -> None:
         """Schedule a message once per dedupe key. A pending one follows the new due
         time and parameters; a cancelled one comes back; a sent one is never redone."""
-        values = self._encode(message)
+        values = self.encode(message)
         stamp = formats.now()
         row = {
             **values,
