@@ -156,6 +156,11 @@ def _start_worker(resource: str, region: str | None) -> None:
     _checker = Checker(resource, region)
 
 
+def _started() -> bool:
+    """Done as soon as a worker is up (its initializer has run)."""
+    return True
+
+
 def _check_in_worker(chunk: list[tuple[int, Any]]) -> Checked:
     assert _checker is not None
     return _checker.check_chunk(chunk)
@@ -240,8 +245,14 @@ def _checked(
         initializer=_start_worker,
         initargs=(resource, region),
     ) as pool:
+        started = pool.submit(_started)
+        here: Checker | None = None
         pending: deque[tuple[Future[Checked], int]] = deque()
         for chunk, offset in chunks(stream, batch):
+            if not started.done():  # while the workers start, the first chunks are checked here
+                here = here or Checker(resource, region)
+                yield here.check_chunk(chunk), offset
+                continue
             pending.append((pool.submit(_check_in_worker, chunk), offset))
             if len(pending) >= AHEAD * jobs:
                 result, done = pending.popleft()

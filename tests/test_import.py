@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
+from kanal.app import create_app
 from kanal.cli import main
-from kanal.storage import Storage
+from kanal.storage import JSON_COLUMNS, Storage
+
+from .conftest import Api
 
 ORDER = {
     "placed_at": "2026-05-18T10:00:00Z",
@@ -87,3 +92,105 @@ def test_unknown_store_is_an_error(tmp_path: Path, db: str, keys: dict[str, Any]
     source.write_text(json.dumps({**ORDER, "external_id": "O"}) + "\n")
     result = run("import", str(source), "--store", "999", "--resource", "orders", "--db", db)
     assert result.exit_code == 1 and "no store 999" in result.output
+
+
+def test_import_writes_what_the_api_writes(tmp_path: Path) -> None:
+    """The same orders, POSTed one by one and imported in chunks with worker processes,
+    leave the same database: orders, contacts, attributed checkouts, scheduled messages.
+    The file has what the set path must get right: repeated orders within a chunk
+    (another phone, another time), orders that recover an abandoned checkout, paid
+    orders with confirmations on, invalid lines."""
+    from kanal.bulk import import_file
+
+    from .conftest import make_accounts
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    stamp = (now - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    phones = [f"+336120000{n:02d}" for n in range(40)]
+    checkouts = [
+        {
+            "external_id": f"CHK-{n}",
+            "abandoned_at": (now - timedelta(minutes=30 + n)).isoformat(),
+            "total_price": 20 + n,
+            "currency": "EUR",
+            "recovery_url": f"https://shop.example/recover/{n}",
+            "customer": {"phone": phones[n], "first_name": f"Name{n}"},
+        }
+        for n in range(0, 40, 3)
+    ]
+    lines = []
+    for n in range(240):
+        order = {
+            # 60 orders come again in later chunks, and every tenth right after itself
+            "external_id": f"ORDER-{(n - 1 if n % 10 == 9 else n) % 180}",
+            "placed_at": stamp if n % 5 else (now - timedelta(minutes=1)).isoformat(),
+            "total_price": 10 + n,
+            "currency": "EUR",
+            "financial_status": "paid" if n % 4 == 0 else "pending",
+            "customer": {
+                "phone": phones[(n * 7) % 40],
+                "first_name": f"First{n}",
+                **({"locale": "fr-FR"} if n % 2 else {}),
+            },
+            "tags": [f"t{n % 3}"],
+            "metadata": {"n": n, "big": 10**30} if n % 50 == 0 else {"n": n},
+        }
+        lines.append(json.dumps(order))
+        if n % 37 == 0:
+            lines.append(json.dumps({**order, "customer": {"phone": "not a phone"}}))
+    source = tmp_path / "orders.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+
+    def prepared(name: str) -> tuple[str, Api, TestClient]:
+        db = str(tmp_path / name)
+        keys = make_accounts(db)
+        storage = Storage(db)
+        storage.update_store(123, {"automations": json.dumps({"order_confirmation": True})})
+        storage.close()
+        client = TestClient(create_app(db))
+        api = Api(client, keys["store"])
+        for checkout in checkouts:
+            assert api.post("checkouts", checkout).status_code == 201
+        return db, api, client
+
+    via_api, api, client_a = prepared("api.db")
+    statuses = [api.post("orders", json.loads(line)).status_code for line in lines]
+    via_import, _, client_b = prepared("import.db")
+    report = import_file(str(source), 123, "orders", via_import, batch=50, jobs=2)
+    client_a.close()
+    client_b.close()
+
+    assert report.created == statuses.count(201) > 150
+    assert report.updated == statuses.count(200) > 60
+    assert len(report.invalid) == statuses.count(422) == 7
+    a, b = snapshot(via_api), snapshot(via_import)
+    assert a["checkouts"] and any(row["recovered_order_external_id"] for row in a["checkouts"])
+    assert any(row["trigger"] == "order_confirmation" for row in a["messages"])
+    for table in a:  # table by table, row by row: a failure shows the row
+        assert len(a[table]) == len(b[table]), table
+        for row_a, row_b in zip(a[table], b[table], strict=True):
+            assert row_a == row_b, table
+
+
+TIMES = {"inserted_at", "updated_at", "last_activity_at", "next_attempt_at", "created_at"}
+
+
+def snapshot(db: str) -> dict[str, list[dict[str, Any]]]:
+    """Every table the writes touch, without the moments they were written at."""
+    storage = Storage(db)
+    tables = {}
+    for table in ("orders", "contacts", "checkouts", "messages"):
+        rows = storage.conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+        tables[table] = [
+            {
+                key: json.loads(row[key]) if key in JSON_COLUMNS and row[key] else row[key]
+                for key in row.keys()  # noqa: SIM118 (a sqlite3.Row)
+                if key not in TIMES
+            }
+            for row in rows
+        ]
+    for message in tables["messages"]:
+        if message["trigger"] == "order_confirmation":  # due at once: when it was written
+            del message["scheduled_at"]
+    storage.close()
+    return tables

@@ -66,9 +66,12 @@ def test_processes_share_the_window_in_blocks(storage: Storage) -> None:
         assert 0 <= decision.remaining <= 1000
         assert decision.allowed or decision.retry_after == 60
     assert 1000 - 2 * 5 <= sum(allowed) <= 1000
-    assert storage.conn.execute(
-        "SELECT hits FROM rate_limits WHERE store_id = ?", (STORE,)
-    ).fetchone()[0] <= 1000
+    assert (
+        storage.conn.execute(
+            "SELECT hits FROM rate_limits WHERE store_id = ?", (STORE,)
+        ).fetchone()[0]
+        <= 1000
+    )
     assert first.hit(STORE, 1000, now + 59.5).retry_after == 1
     assert first.hit(STORE, 1000, now + 60).allowed  # a new window
     assert second.hit(STORE, 1000, now + 60).allowed

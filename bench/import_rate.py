@@ -1,0 +1,78 @@
+"""``kanal import`` against the clock: a generated file of orders into a fresh database.
+
+    .venv/bin/python -m bench.import_rate [--orders 50000] [--phones 20000] [--jobs N]
+
+The orders are the seed recipe's, each with its own external_id and one of
+``--phones`` customers' phones (each phone is parsed and checked once per process,
+as in real data with repeat customers). Runs the import twice (every record
+created, then every record updated) and prints kanal's own summary lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.run import prepare
+from tests.conftest import ROOT
+
+
+def order(n: int, phones: int) -> dict[str, object]:
+    return {
+        "external_id": f"ORDER-{n}",
+        "placed_at": f"2026-05-{1 + n % 28:02d}T{n % 24:02d}:00:00Z",
+        "total_price": 49.90 + n % 100,
+        "currency": "EUR",
+        "financial_status": "pending",
+        "fulfillment_status": "unfulfilled",
+        "customer": {
+            "external_id": f"CUST-{n % phones}",
+            "phone": f"+336{12000000 + n % phones:08d}",
+            "first_name": "Marie",
+            "last_name": "Durand",
+            "email": "marie.durand@example.com",
+            "locale": "fr",
+            "tags": ["vip"],
+            "lifetime_value": 1299,
+            "orders_count": 7,
+        },
+        "line_items": [{"title": "T-shirt Bordeaux", "quantity": 2, "price": 24.95}],
+        "tags": ["web"],
+        "metadata": {"source": "custom-checkout"},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=50_000)
+    parser.add_argument("--phones", type=int, default=20_000)
+    parser.add_argument("--jobs", type=int, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kanal-import-"))
+    try:
+        source, db = work / "orders.jsonl", str(work / "bench.db")
+        with source.open("w") as out:
+            for n in range(args.orders):
+                out.write(json.dumps(order(n, args.phones)) + "\n")
+        prepare(db)
+        command = [sys.executable, "-m", "kanal", "import", str(source), "--store", "123"]
+        command += ["--resource", "orders", "--db", db]
+        if args.jobs is not None:
+            command += ["--jobs", str(args.jobs)]
+        size = source.stat().st_size / 2**20
+        print(f"{args.orders} orders ({size:.1f} MiB), {args.phones} phones")
+        for label in ("created", "updated"):
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+            print(f"  {label}: {done.stdout.strip()}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
