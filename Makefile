@@ -54,7 +54,7 @@ conformance: $(STAMP)
 conformance-deep: $(STAMP)
 	$(VENV)/bin/python -m conformance.run --deep
 
-test: lint contract pytest conformance
+test: lint contract conformance pytest
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -60,11 +60,12 @@ def authorize(store: storage_module.Storage, scope: Scope, store_id: Any) -> dic
     token = bearer_token(scope)
     if token is None:
         raise error(401, "API key is missing")
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise error(401, "Invalid API key")
     digest = hash_token(token)
-    key = store.find_key(digest) if TOKEN_PATTERN.fullmatch(token) else None
+    key, shop = store.account(digest, store_id if 1 <= store_id <= MAX_STORE_ID else 0)
     if key is None or not hmac.compare_digest(key["token_hash"], digest):
         raise error(401, "Invalid API key")
-    shop = store.get_store(store_id) if 1 <= store_id <= MAX_STORE_ID else None
     if shop is None or shop["paused"]:
         raise error(404, "Store not found or paused")
     if key["store_id"] is not None:

@@ -163,6 +163,8 @@ HOLDERS = ("orders", "checkouts", "carts")
 ABANDONED = ("checkouts", "carts")
 PERSONAL = ("phone", "first_name", "last_name", "email")
 RATE_WINDOW = 60.0
+#: (key, store) pairs an app remembers between changes to the database.
+ACCOUNTS_CACHED = 10_000
 #: Values per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 IN_CHUNK = 500
 #: SQL conditions with their parameters, joined with AND.
@@ -205,6 +207,8 @@ class Storage:
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.db = sqlite_utils.Database(self.conn)
+        self._accounts: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._accounts_version = -1
         self.migrate()
 
     def close(self) -> None:
@@ -829,6 +833,27 @@ class Storage:
                 ).lastrowid
                 or 0
             )
+
+    def account(
+        self, token_hash: str, store_id: int
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The key with this hash and the store, as ``find_key`` and ``get_store`` give
+        them, remembered until the database changes through another connection
+        (``PRAGMA data_version``): a key revoked or a store paused by ``kanal`` in
+        another process counts from the next request on, as before."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._accounts_version:
+            self._accounts.clear()
+            self._accounts_version = version
+        found = self._accounts.get((token_hash, store_id))
+        if found is None:
+            if len(self._accounts) >= ACCOUNTS_CACHED:
+                self._accounts.clear()
+            found = self._accounts[(token_hash, store_id)] = (
+                self.find_key(token_hash),
+                self.get_store(store_id),
+            )
+        return found
 
     def find_key(self, token_hash: str) -> dict[str, Any] | None:
         row = self._find("api_keys", {"token_hash": token_hash})
