@@ -58,7 +58,7 @@ def upsert_linked(
         store.touch_contact(store_id, row.get("customer", row))
         if table in ABANDONED:
             automations.sync_recovery(store, shop, table, row)
-        if table == "orders":
+        if table == "orders" and sets_off(store, shop, [row]):
             follow_order(store, shop, row)
     return row, created
 
