@@ -237,11 +237,14 @@ def _checked(
         for chunk, offset in chunks(stream, batch):
             yield checker.check_chunk(chunk), offset
         return
-    # Spawned, not forked: no SQLite connection crosses into a worker. A worker that
-    # dies fails the import (BrokenProcessPool) instead of leaving it waiting.
+    # Workers are forked from a fork server that has imported the checking code once,
+    # not from this process: no SQLite connection crosses into a worker. A worker
+    # that dies fails the import (BrokenProcessPool) instead of leaving it waiting.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["kanal.bulk", "handlers.orders"])
     with ProcessPoolExecutor(
         jobs,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=context,
         initializer=_start_worker,
         initargs=(resource, region),
     ) as pool:
