@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kanal import storage as storage_module
 from kanal.errors import ApiError, error
+from kanal.formats import current_region
 from kanal.ratelimit import current_limiter
-from kanal.validation import current_region
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 24

@@ -36,9 +36,10 @@ import ijson
 from kanal import storage as storage_module
 from kanal.auth import current_store
 from kanal.errors import ApiError, ValidationFailed
+from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
 from kanal.storage import Storage, contact_of
-from kanal.validation import collect, compiled, current_region, fast, parse_json
+from kanal.validation import collect, compiled, fast, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 #: Chunks handed to the workers ahead of the writer, per worker.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -16,6 +17,10 @@ import phonenumbers
 from rfc3339_validator import validate_rfc3339
 
 CENT = Decimal("0.01")
+
+#: The default region of the store the current request is for (set by auth): where a
+#: phone number without a country code is read.
+current_region: ContextVar[str | None] = ContextVar("current_region", default=None)
 
 
 def money(value: float | int) -> str:

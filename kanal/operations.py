@@ -39,6 +39,10 @@ from connexion.uri_parsing import AbstractURIParser
 from connexion.utils import inspect_function_arguments, is_nullable, split_content_type
 from starlette.types import Receive, Scope, Send
 
+from kanal.formats import current_region
+
+#: Valid parameter sets an operation remembers (then it starts again).
+VALID_PARAMETERS_KEPT = 4096
 #: Where the body validator leaves the parsed body (scope["kanal"][BODY]).
 BODY = "body"
 
@@ -210,6 +214,7 @@ class OnceRequestValidation(RequestValidationOperation):
         )
         self._consumes = MediaTypeDict([(c.lower(), None) for c in op.consumes])
         self._bodies: dict[tuple[str, str], Any] = {}
+        self._valid_parameters: set[tuple[Any, ...]] = set()
 
     def extract_content_type(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
         """Connexion's rule (the header's media type and charset, else the operation's
@@ -246,7 +251,18 @@ class OnceRequestValidation(RequestValidationOperation):
         return self._bodies[key]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._parameters.validate(scope)
+        # Parameters passed once pass again: remember the valid ones (path values,
+        # query string, the store's region in which phone numbers are read).
+        seen = (
+            tuple(scope.get("path_params", {}).items()),
+            scope.get("query_string", b""),
+            current_region.get(),
+        )
+        if seen not in self._valid_parameters:
+            self._parameters.validate(scope)
+            if len(self._valid_parameters) >= VALID_PARAMETERS_KEPT:
+                self._valid_parameters.clear()
+            self._valid_parameters.add(seen)
         mime_type, encoding = self.extract_content_type(scope["headers"])
         self.validate_mime_type(mime_type)
         validator = self._body_validator(mime_type, encoding)

@@ -11,9 +11,9 @@ from typing import Any
 from kanal import automations, formats
 from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
+from kanal.formats import current_region
 from kanal.render import checkout_response
 from kanal.storage import ABANDONED, Storage, current
-from kanal.validation import current_region
 
 Body = dict[str, Any]
 Response = tuple[Body, int]

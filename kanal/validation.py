@@ -17,7 +17,6 @@ import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
 from typing import Any
 
 import jsonschema_rs
@@ -38,10 +37,8 @@ from starlette.types import Receive, Scope
 
 from kanal import formats
 from kanal.errors import ValidationFailed, error
+from kanal.formats import current_region
 from kanal.operations import BODY
-
-#: The default region of the store the current request is for (set by auth).
-current_region: ContextVar[str | None] = ContextVar("current_region", default=None)
 
 FORMAT_CHECKER = FormatChecker(formats=())
 

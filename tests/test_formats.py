@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kanal.validation import FORMAT_CHECKER, current_region
+from kanal.formats import current_region
+from kanal.validation import FORMAT_CHECKER
 
 
 @pytest.mark.parametrize(

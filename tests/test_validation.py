@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
-from kanal.validation import compiled, current_region, fast
+from kanal.validation import compiled, fast
 from tests.test_field_rules import BODIES, PARAMS, put
 
 SPEC = load_spec()
