@@ -221,6 +221,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def parse_json(raw: bytes) -> Any:
     """Parse a request body strictly; a malformed one is a 400 ``{"error": ...}``."""
     try:
@@ -228,7 +231,7 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise error(400, "The request body is not valid UTF-8.") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise error(
             400, f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
