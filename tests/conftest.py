@@ -136,6 +136,8 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cwd: Path = ROOT
         self.env: dict[str, str] = {}
+        #: Its own process group (os.killpg reaches the workers too).
+        self.new_session = False
 
     def start(self) -> Server:
         env = {**os.environ, "KANAL_VALIDATE_RESPONSES": "1", **self.env}
@@ -156,6 +158,7 @@ class Server:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
