@@ -184,9 +184,9 @@ SMALL_FILE = 4 * 1024 * 1024
 
 
 def default_jobs(path: str) -> int:
-    """One checking process per CPU for a large file (the writer shares the CPUs: part
-    of its time it waits on SQLite); none for a small one."""
-    return (os.cpu_count() or 1) if os.path.getsize(path) > SMALL_FILE else 0
+    """For a large file, a checking process per CPU but one, which the writer keeps
+    (at least one); none for a small one."""
+    return max(1, (os.cpu_count() or 1) - 1) if os.path.getsize(path) > SMALL_FILE else 0
 
 
 def import_file(

@@ -481,8 +481,8 @@ def stubs(check: bool) -> None:
     "--jobs",
     type=click.IntRange(0, 64),
     default=None,
-    help="Processes that parse and validate (default: one per CPU for files over "
-    "4 MiB, else 0: in the importing process).",
+    help="Processes that parse and validate (default: one per CPU but one for files "
+    "over 4 MiB, else 0: in the importing process).",
 )
 @db_option
 def import_(
