@@ -5,7 +5,7 @@ from typing import Any
 from kanal import automations, formats, reads
 from kanal.auth import current_store
 from kanal.errors import not_found
-from kanal.records import Body, Response, changes, customer_columns, storage, upsert_linked
+from kanal.records import Body, Response, basket_columns, changes, storage, upsert_linked
 from kanal.render import order_response
 
 
@@ -14,14 +14,9 @@ def order_record(body: Body) -> Body:
     return {
         "external_id": body["external_id"],
         "placed_at": formats.utc_timestamp(body["placed_at"]),
-        "total_price": formats.money(body["total_price"]),
-        "currency": body.get("currency"),
         "financial_status": body.get("financial_status"),
         "fulfillment_status": body.get("fulfillment_status"),
-        **customer_columns(body["customer"]),
-        "line_items": body.get("line_items"),
-        "tags": body.get("tags") or [],
-        "metadata": body.get("metadata"),
+        **basket_columns(body),
     }
 
 

@@ -39,6 +39,18 @@ def customer_columns(customer: Body) -> Body:
     }
 
 
+def basket_columns(body: Body) -> Body:
+    """The columns orders, checkouts and carts share: amount, customer, items, tags."""
+    return {
+        "total_price": formats.money(body["total_price"]),
+        "currency": body.get("currency"),
+        **customer_columns(body["customer"]),
+        "line_items": body.get("line_items"),
+        "tags": body.get("tags") or [],
+        "metadata": body.get("metadata"),
+    }
+
+
 def changes(body: Body) -> Body:
     """A PATCH body as column changes (the spec admits only mutable fields)."""
     out = dict(body)
@@ -109,13 +121,8 @@ def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
         {
             "external_id": body["external_id"],
             "abandoned_at": formats.utc_timestamp(body["abandoned_at"]),
-            "total_price": formats.money(body["total_price"]),
-            "currency": body.get("currency"),
             "recovery_url": body.get("recovery_url"),
-            **customer_columns(body["customer"]),
-            "line_items": body.get("line_items"),
-            "tags": body.get("tags") or [],
-            "metadata": body.get("metadata"),
+            **basket_columns(body),
         },
     )
     return checkout_response(row), 201 if created else 200
