@@ -489,6 +489,8 @@ def import_(
     file: str, store_id: int, resource: str, batch: int, jobs: int | None, db_path: str
 ) -> None:
     """Upsert records from JSON Lines (or a JSON array) with the API's own validation."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     from kanal.bulk import import_file
@@ -515,6 +517,11 @@ def import_(
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenProcessPool:
+            raise click.ClickException(
+                "a checking process died; the chunks written before it are committed "
+                "(a transaction each) and an import upserts, so running it again is safe"
+            ) from None
     for number, errors in report.invalid:
         for path, messages in errors.items():
             for message in messages:

@@ -194,3 +194,24 @@ def snapshot(db: str) -> dict[str, list[dict[str, Any]]]:
             del message["scheduled_at"]
     storage.close()
     return tables
+
+
+def test_a_dead_checking_process_is_a_clean_error(
+    tmp_path: Path, db: str, keys: dict[str, Any], monkeypatch: Any
+) -> None:
+    """A worker killed mid-import breaks the pool (ProcessPoolExecutor says so instead
+    of waiting forever): the command answers with a sentence, not a traceback."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from kanal import bulk
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise BrokenProcessPool("A child process terminated abruptly")
+
+    monkeypatch.setattr(bulk, "import_file", broken)
+    source = tmp_path / "o.jsonl"
+    source.write_text(json.dumps({**ORDER, "external_id": "O"}) + "\n")
+    result = run("import", str(source), "--store", "123", "--resource", "orders", "--db", db)
+    assert result.exit_code == 1
+    assert "Error: a checking process died" in result.output
+    assert "Traceback" not in result.output
