@@ -225,6 +225,7 @@ def import_file(
         ):
             var.reset(token)
         store.close()
+    writer.report.invalid.sort(key=lambda item: item[0])  # handler refusals came last
     writer.report.seconds = time.perf_counter() - started
     return writer.report
 
@@ -282,7 +283,6 @@ class Writer:
             else:
                 for number, body in checked.valid:
                     self._one(number, body)
-        self.report.invalid.sort(key=lambda item: item[0])
 
     def _orders(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]]) -> None:
         """Orders as sets. An order that comes again within the chunk starts a new set,

@@ -75,6 +75,7 @@ class Arguments:
         for parameter in op.parameters:
             if parameter["in"] in by_location:
                 by_location[parameter["in"]][parameter["name"]] = parameter
+        self.sanitize = sanitize
         self.path = {
             name: (sanitize(name), definition) for name, definition in by_location["path"].items()
         }
@@ -95,7 +96,7 @@ class Arguments:
     async def __call__(self, request: ConnexionRequest) -> dict[str, Any]:
         kwargs = {}
         for name, value in request.path_params.items():
-            sanitized, definition = self.path.get(name, (name, None))
+            sanitized, definition = self.path.get(name, (self.sanitize(name), None))
             kwargs[sanitized] = (
                 value if definition is None else _get_val_from_param(value, definition)
             )
@@ -132,15 +133,17 @@ class ResponseDecorator(AsyncResponseDecorator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._produced: dict[bool, str | None] = {}
+        self._produced: dict[type, str | None] = {}
 
     def _infer_content_type(self, data: Any, headers: dict) -> str | None:
+        # Connexion's answer depends on the headers, and otherwise only on the kind of
+        # data (none, text, bytes, anything else): one answer per type of data.
         if headers and any(name.lower() == "content-type" for name in headers):
             return super()._infer_content_type(data, headers)
-        has_data = data is not None
-        if has_data not in self._produced:
-            self._produced[has_data] = super()._infer_content_type(data, headers)
-        return self._produced[has_data]
+        kind = type(data)
+        if kind not in self._produced:
+            self._produced[kind] = super()._infer_content_type(data, headers)
+        return self._produced[kind]
 
 
 class OnceDecorator(StarletteDecorator):

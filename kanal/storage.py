@@ -179,6 +179,13 @@ def to_json(value: Any) -> str:
         return json.dumps(value)
 
 
+def in_lists(values: Sequence[Any]) -> Iterator[tuple[Sequence[Any], str]]:
+    """``values`` in slices of at most IN_CHUNK, each with its ``?, ?, ...`` marks."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        yield chunk, ", ".join("?" for _ in chunk)
+
+
 #: What a contact takes from a customer: (phone, first_name, last_name, locale).
 Contact = tuple[str | None, str | None, str | None, str | None]
 
@@ -390,9 +397,7 @@ class Storage:
         key = list(columns).index("external_id")
         ids = [row[key] for row in rows]
         seen: set[str] = set()
-        for start in range(0, len(ids), IN_CHUNK):
-            chunk = ids[start : start + IN_CHUNK]
-            marks = ", ".join("?" for _ in chunk)
+        for chunk, marks in in_lists(ids):
             seen.update(
                 row[0]
                 for row in self.conn.execute(
@@ -596,10 +601,7 @@ class Storage:
     def phones_with_open_abandoned(self, store_id: int, phones: set[str]) -> set[str]:
         """Which of ``phones`` have an abandoned checkout or cart not yet recovered."""
         found: set[str] = set()
-        ordered = sorted(phones)
-        for start in range(0, len(ordered), IN_CHUNK):
-            chunk = ordered[start : start + IN_CHUNK]
-            marks = ", ".join("?" for _ in chunk)
+        for chunk, marks in in_lists(sorted(phones)):
             for table in ABANDONED:
                 found.update(
                     row[0]
