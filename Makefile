@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    install into .venv, create demo store 123 and its key, serve on :8080
+#   make run    install into .venv, create demo store 123 and its key (in a new or
+#               empty ./kanal.db only), serve on :8080
 #   make test   install everything (Python and npm tools), lint code and contract,
 #               run pytest, then fuzz the real server with Schemathesis
 VENV ?= .venv

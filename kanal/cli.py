@@ -403,25 +403,80 @@ def _start_worker_thread(db_path: str) -> None:
 @main.command()
 @_with_server_options
 def demo(host: str, port: int, workers: int, db_path: str) -> None:
-    """Create demo store 123 and the documented key, then run the server."""
+    """Serve demo store 123 and the documented key, set up in a new or empty database.
+
+    Any other database (stores or keys that demo did not create) is refused, and a
+    revoked demo key is never created again.
+    """
     storage = Storage(db_path)
-    if storage.get_store(DEMO_STORE) is None:
-        storage.create_store(
-            {
-                "id": DEMO_STORE,
-                "name": "Demo shop",
-                "team_id": None,
-                "region": "FR",
-                "rate_limit": 60,
-                "paused": 0,
-            }
+    try:
+        key_kept = _set_up_demo(storage, db_path)
+    finally:
+        storage.close()
+    if key_kept:
+        click.echo(f"Demo store {DEMO_STORE} is ready at http://{host}:{port}; its key:")
+        click.echo(DEMO_TOKEN)
+    else:
+        click.echo(
+            f"Demo store {DEMO_STORE} is ready at http://{host}:{port}, but the demo key was "
+            f"revoked; use a key from `kanal keys create --store {DEMO_STORE} --db {db_path}`."
         )
-    if storage.find_key(auth.hash_token(DEMO_TOKEN)) is None:
-        create_key(storage, name="demo", store_id=DEMO_STORE, token=DEMO_TOKEN)
-    storage.close()
-    click.echo(f"Demo store {DEMO_STORE} is ready at http://{host}:{port}; its key:")
-    click.echo(DEMO_TOKEN)
     run_server(db_path, host, port, workers)
+
+
+#: The ``settings`` entry that marks a database as one ``kanal demo`` set up.
+DEMO_MARKER = "demo_database"
+DEMO_STORE_NAME = "Demo shop"
+
+
+def _set_up_demo(storage: Storage, db_path: str) -> bool:
+    """Create the demo store, key and marker in an empty database, accept a database
+    demo set up before, refuse any other; in one transaction, so two demos starting at
+    once create them once. Returns whether the demo key is there (False: revoked)."""
+    from kanal import formats
+
+    token_hash = auth.hash_token(DEMO_TOKEN)
+    with storage.transaction():
+        if storage.setting(DEMO_MARKER) is None:
+            stores, keys = storage.list_stores(), storage.list_keys()
+            if not stores and not keys:
+                storage.create_store(
+                    {
+                        "id": DEMO_STORE,
+                        "name": DEMO_STORE_NAME,
+                        "team_id": None,
+                        "region": "FR",
+                        "rate_limit": 60,
+                        "paused": 0,
+                    }
+                )
+                create_key(storage, name="demo", store_id=DEMO_STORE, token=DEMO_TOKEN)
+            elif not _made_by_unmarked_demo(stores, keys, token_hash):
+                raise click.ClickException(
+                    f"{db_path} is not a demo database: it holds stores or keys that "
+                    f"`kanal demo` did not create, and demo adds its store {DEMO_STORE} and "
+                    "public key only to a new or empty database. Try the demo on a new file "
+                    "(`kanal demo --db demo.db`), or serve this database with "
+                    f"`kanal serve --db {db_path}`."
+                )
+            storage.set_setting(DEMO_MARKER, formats.now())
+        return storage.find_key(token_hash) is not None
+
+
+def _made_by_unmarked_demo(
+    stores: list[dict[str, Any]], keys: list[dict[str, Any]], token_hash: str
+) -> bool:
+    """Whether the accounts are what ``kanal demo`` created before it marked its
+    databases: store 123 "Demo shop" and the demo key, nothing else."""
+    return (
+        len(stores) == 1
+        and len(keys) == 1
+        and stores[0]["id"] == DEMO_STORE
+        and stores[0]["name"] == DEMO_STORE_NAME
+        and stores[0]["team_id"] is None
+        and keys[0]["token_hash"] == token_hash
+        and keys[0]["store_id"] == DEMO_STORE
+    )
 
 
 def run_server(db_path: str, host: str, port: int, workers: int) -> None:

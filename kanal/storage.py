@@ -868,6 +868,19 @@ class Storage:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
 
+    def setting(self, key: str) -> str | None:
+        """The value of a ``settings`` entry, or None."""
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     def reserve_permits(
         self, store_id: int, limit: int, wanted: int, now: float
     ) -> tuple[float, int, int]:
