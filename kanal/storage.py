@@ -745,7 +745,9 @@ class Storage:
         ).rowcount
 
     def claim_messages(self, now: str, lease_until: str, batch: int) -> list[dict[str, Any]]:
-        """Atomically take due messages (and ones whose sender's lease ran out)."""
+        """Atomically take due messages (and ones whose sender's lease ran out).
+
+        A paused store's messages wait: they are not taken until it is active again."""
         with self.transaction() as conn:
             rows = conn.execute(
                 "UPDATE messages SET state = 'sending', attempts = attempts + 1, "
@@ -768,6 +770,25 @@ class Storage:
                     (*values.values(), message_id, lease_until),
                 ).rowcount
             )
+
+    def later_step_due(self, message: dict[str, Any], now: str) -> str | None:
+        """The step of a later message of the same record and trigger that is due by
+        ``now`` and not cancelled (the latest such step), or None."""
+        row = self.conn.execute(
+            "SELECT step FROM messages WHERE record_table = ? AND record_id = ? "
+            "AND store_id = ? AND trigger = ? AND id != ? AND state != 'cancelled' "
+            "AND scheduled_at > ? AND scheduled_at <= ? ORDER BY scheduled_at DESC LIMIT 1",
+            (
+                message["record_table"],
+                message["record_id"],
+                message["store_id"],
+                message["trigger"],
+                message["id"],
+                message["scheduled_at"],
+                now,
+            ),
+        ).fetchone()
+        return None if row is None else row[0]
 
     def notification_state(self, table: str, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
         """The recovery messages (not cancelled) of each checkout or cart."""
