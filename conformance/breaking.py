@@ -10,7 +10,7 @@ before it (and the working tree with HEAD, when they differ) in two ways:
   enum values removed, types changed;
 - a narrowing check of its own for what Optic lets through: a request field
   whose limit got tighter (maxLength, minLength, minimum, maximum, maxItems,
-  minItems), a pattern or format added or changed, ``nullable`` removed,
+  minItems), a pattern, format or ``not`` added or changed, ``nullable`` removed,
   ``additionalProperties`` closed.
 
 A breaking change passes only when it is marked as intended: a commit whose
@@ -75,6 +75,10 @@ def request_schemas(doc: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+#: Formats that refuse nothing (Connexion routes a ``path`` parameter over ``/`` too).
+WIDENING_FORMATS = ("path",)
+
+
 def narrowed(doc_old: dict, old: Any, doc_new: dict, new: Any, where: str) -> Iterator[str]:
     """What a client that was valid against ``old`` could now be refused for."""
     old, new = resolve(doc_old, old), resolve(doc_new, new)
@@ -86,8 +90,9 @@ def narrowed(doc_old: dict, old: Any, doc_new: dict, new: Any, where: str) -> It
     for key in LOWER:
         if key in new and (key not in old or new[key] > old[key]):
             yield f"{where}: {key} {old.get(key, 'unset')} -> {new[key]}"
-    for key in ("pattern", "format"):
-        if key in new and new.get(key) != old.get(key):
+    for key in ("pattern", "format", "not"):
+        # `format: path` constrains no value: it lets a path parameter take a `/` too.
+        if key in new and new.get(key) != old.get(key) and new[key] not in WIDENING_FORMATS:
             yield f"{where}: {key} {old.get(key, 'unset')!r} -> {new[key]!r}"
     if old.get("nullable") and not new.get("nullable"):
         yield f"{where}: no longer nullable"

@@ -38,8 +38,9 @@ async def upsert_customer(store_id: int, body: Body) -> Response:
 
 
 async def delete_customer(store_id: int, external_id: str) -> NoContent:
-    """Erase a customer (GDPR): by external_id, or by phone for one keyed by phone."""
-    storage().erase_customer(store_id, external_id, phone(external_id))
+    """Erase a person (GDPR) wherever they appear: by external_id, or by phone for one
+    keyed by phone."""
+    storage().erase_person(store_id, external_id, phone(external_id))
     return NoContent(status_code=204)
 
 

@@ -33,7 +33,7 @@ from kanal import errors, validation
 from kanal.auth import AuthMiddleware
 from kanal.operations import OnceApi, OnceRequestValidationMiddleware
 from kanal.ratelimit import RateLimiter, current_limiter
-from kanal.spec import load_spec
+from kanal.spec import load_spec, resolve
 from kanal.storage import Storage, current
 from kanal.stubs import controller_for, snake_case
 
@@ -102,12 +102,23 @@ class PathTable:
     """Which methods a URL path supports, by the spec's own matching rule: a concrete
     path wins over a templated one (``/orders/count`` is not the order ``count``)."""
 
-    def __init__(self, paths: dict[str, Any]) -> None:
-        ordered = sorted(paths.items(), key=lambda item: item[0].count("{"))
+    def __init__(self, spec: dict[str, Any]) -> None:
+        ordered = sorted(spec["paths"].items(), key=lambda item: item[0].count("{"))
         self.routes = []
         for path, item in ordered:
-            pattern = re.escape(path)
-            pattern = re.sub(r"\\\{[^}/]+\\\}", "[^/]+", pattern)
+            # A parameter of `format: path` takes the rest of the path, `/` included
+            # (Connexion's rule); any other one segment.
+            whole = {
+                parameter["name"]
+                for operation in (item, *(v for v in item.values() if isinstance(v, dict)))
+                for parameter in resolve(spec, operation.get("parameters", []))
+                if parameter["in"] == "path" and parameter["schema"].get("format") == "path"
+            }
+            pattern = re.sub(
+                r"\\\{([^}/]+)\\\}",
+                lambda match, whole=whole: ".+" if match.group(1) in whole else "[^/]+",
+                re.escape(path),
+            )
             methods = {m.upper() for m in item if m in ("get", "put", "post", "patch", "delete")}
             if "GET" in methods:
                 methods.add("HEAD")
@@ -129,7 +140,7 @@ class KanalASGI:
         self.storage = storage
         self.limiter = RateLimiter(storage)
         self.documents = contract_documents()
-        self.paths = PathTable(load_spec()["paths"])
+        self.paths = PathTable(load_spec())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -133,9 +133,9 @@ def sync_shipping(storage: Storage, store: Row, shipment: Row, order: Row) -> No
     """One message per (shipment, status) for the statuses the store notifies."""
     config = settings(store)
     status = shipment["status"]
-    if status not in config["shipping_statuses"]:
-        return
     customer = order.get("customer") or {}
+    if status not in config["shipping_statuses"] or not customer.get("phone"):
+        return  # not a notifying status, or nobody to tell (an erased customer)
     parameters = {
         "first_name": customer.get("first_name"),
         "order": order["external_id"],
@@ -159,9 +159,11 @@ def sync_shipping(storage: Storage, store: Row, shipment: Row, order: Row) -> No
 def sync_order(storage: Storage, store: Row, order: Row) -> None:
     """The order confirmation, when the store wants one and the order is paid."""
     config = settings(store)
+    customer = order.get("customer") or {}
     if not config["order_confirmation"] or order["financial_status"] != "paid":
         return
-    customer = order.get("customer") or {}
+    if not customer.get("phone"):
+        return  # nobody to tell (an erased customer)
     parameters = {
         "first_name": customer.get("first_name"),
         "order": order["external_id"],

@@ -75,13 +75,21 @@ def now() -> str:
 def e164(value: str, region: str | None) -> str | None:
     """Normalise a phone number to E.164, reading a national number in ``region``.
 
-    Returns None when the number does not parse or is not a valid number. Cached:
-    the same numbers come back with every order, checkout and cart.
+    Returns None when the number does not parse or is not a valid number, and when
+    it has letters or an extension: phonenumbers reads letters as keypad digits
+    (``+33 6 AB CD EF GH`` would become someone else's ``+33622233344``) and drops an
+    extension, which no WhatsApp message can reach. An RFC 3966 ``tel:`` prefix is
+    accepted. Cached: the same numbers come back with every order, checkout and cart.
     """
+    digits = value.strip()
+    if digits[:4].lower() == "tel:":
+        digits = digits[4:]
+    if any(character.isalpha() for character in digits):
+        return None
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    if number.extension or not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -13,7 +13,7 @@ from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
 from kanal.formats import current_region
 from kanal.render import checkout_response
-from kanal.storage import ABANDONED, Storage, current
+from kanal.storage import ABANDONED, CUSTOMER_FIELDS, Storage, current
 
 Body = dict[str, Any]
 Response = tuple[Body, int]
@@ -30,10 +30,14 @@ def phone(value: str) -> str | None:
 
 
 def customer_columns(customer: Body) -> Body:
-    """The columns of a record that embeds a customer (phone normalised)."""
+    """The columns of a record that embeds a customer (phone normalised, unknown keys
+    dropped)."""
     normalised = phone(customer["phone"])
     return {
-        "customer": {**customer, "phone": normalised},
+        "customer": {
+            **{key: customer[key] for key in CUSTOMER_FIELDS if key in customer},
+            "phone": normalised,
+        },
         "customer_external_id": customer.get("external_id"),
         "customer_phone": normalised,
     }

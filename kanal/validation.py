@@ -130,6 +130,10 @@ def laravel_messages(err: ValidationError, prefix: Iterable[Any] = ()) -> Iterat
         yield from laravel_messages(best_match(err.context), prefix)
     elif kind == "enum":
         yield field, f"The selected {field} is invalid."
+    elif kind == "not" and isinstance(value, dict) and "enum" in value:
+        # A reserved value (an external_id named like a path: `count`).
+        names = " or ".join(json.dumps(v) for v in value["enum"])
+        yield field, f"The {field} field must not be {names}: the API's paths use that name."
     elif kind == "minLength" and value == 1:
         yield field, f"The {field} field is required."
     elif kind == "minLength":

@@ -64,6 +64,17 @@ def test_format_uri_is_checked(value: str, ok: bool) -> None:
         ("+1 202-456-1111", "FR", True),
         ("+33 6 12", "FR", False),
         ("hello", "FR", False),
+        # Letters are not keypad digits: a typo must not become a stranger's number.
+        ("+33 6 AB CD EF GH", "FR", False),
+        ("+1-800-FLOWERS", "US", False),
+        ("06 12 34 56 7O", "FR", False),
+        # An RFC 3966 tel: URI is a phone number; an extension cannot be messaged.
+        ("tel:+33612345678", None, True),
+        ("TEL:+33-6-12-34-56-78", None, True),
+        ("tel:+33-6-12-34-56-78;ext=12", None, False),
+        ("+33612345678 x12", None, False),
+        ("+33612345678#12", None, False),
+        ("+33612345678,12", None, False),
     ],
 )
 def test_format_phone_is_checked(value: str, region: str | None, ok: bool) -> None:

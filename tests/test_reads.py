@@ -294,7 +294,8 @@ def test_no_read_returns_another_stores_record(api: Api, keys: dict[str, Any]) -
 
 
 def test_count_path_is_not_an_order(api: Api) -> None:
-    api.post("orders", order(1, external_id="count"))
+    api.post("orders", order(1))
+    assert api.post("orders", order(2, external_id="count")).status_code == 422  # unaddressable
     assert get(api, "orders/count").json() == {"count": 1}
     response = api.patch("orders/count", {"financial_status": "paid"})
     assert response.status_code == 405

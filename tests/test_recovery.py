@@ -189,7 +189,7 @@ def test_contact_links_everything_with_its_phone(api: Api) -> None:
 
 def test_erasure_removes_the_contact(api: Api) -> None:
     api.post("customers", {"external_id": "CUST-42", "phone": PHONE, "first_name": "Marie"})
-    place(api, "ORDER-1", T0)
+    place(api, "ORDER-1", T0, customer={"external_id": "CUST-42", "phone": PHONE})
     assert read(api, "contacts/count") == {"count": 1}
     api.delete("customers/CUST-42")
     assert (
