@@ -274,7 +274,8 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
         resolver=SnakeCaseResolver(),
         validator_map=validation.VALIDATOR_MAP,
         validate_responses=validate_responses,
-        strict_validation=False,
+        # A query parameter the operation does not define is a 400 naming it.
+        strict_validation=True,
         # Parameter names as Python names: `from` arrives as `from_` (kanal stubs agrees).
         pythonic_params=True,
     )

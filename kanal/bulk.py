@@ -35,6 +35,7 @@ import ijson
 
 from kanal import storage as storage_module
 from kanal.auth import current_store
+from kanal.checks import BODY_CHECKS, merged
 from kanal.errors import ApiError, ValidationFailed
 from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
@@ -56,14 +57,25 @@ class Checked:
     valid: list[tuple[Any, ...]] = field(default_factory=list)
     invalid: list[tuple[int, Errors]] = field(default_factory=list)
     columns: tuple[str, ...] = ()
+    #: Invalid records whose operation has checks the spec cannot state (they need the
+    #: database, so the writer adds their errors): (number, errors, body).
+    recheck: list[tuple[int, Errors, dict[str, Any]]] = field(default_factory=list)
+
+
+def upsert_operation(resource: str) -> dict[str, Any]:
+    """The operation ``POST /api/v1/stores/{store_id}/{resource}`` of the spec."""
+    return load_spec()["paths"][f"/api/v1/stores/{{store_id}}/{resource}"]["post"]
 
 
 def body_schema(resource: str) -> dict[str, Any]:
     """The request schema of ``POST /api/v1/stores/{store_id}/{resource}``."""
-    spec = load_spec()
-    operation = spec["paths"][f"/api/v1/stores/{{store_id}}/{resource}"]["post"]
-    body = resolve(spec, operation["requestBody"])
+    body = resolve(load_spec(), upsert_operation(resource)["requestBody"])
     return body["content"]["application/json"]["schema"]
+
+
+def body_check(resource: str) -> Any:
+    """The checks beyond the schema of ``POST /{resource}`` (``kanal.checks``), if any."""
+    return BODY_CHECKS.get(upsert_operation(resource)["operationId"])
 
 
 def handler(resource: str) -> Any:
@@ -113,6 +125,7 @@ class Checker:
     def __init__(self, resource: str, region: str | None) -> None:
         self.resource = resource
         self.schema = body_schema(resource)
+        self.rechecked = body_check(resource) is not None
         current_region.set(region)  # phone numbers are read in the store's region
         self.orders = resource == "orders"
 
@@ -128,7 +141,7 @@ class Checker:
         if not fast(self.schema).is_valid(payload):
             errors = collect(compiled(self.schema).iter_errors(payload))
             if errors:
-                return None, errors
+                return payload, errors
         return payload, None
 
     def check_chunk(self, chunk: list[tuple[int, Any]]) -> Checked:
@@ -137,7 +150,9 @@ class Checker:
         checked = Checked()
         for number, payload in chunk:
             body, errors = self.errors(payload)
-            if errors is not None:
+            if errors is not None and self.rechecked and isinstance(body, dict):
+                checked.recheck.append((number, errors, body))
+            elif errors is not None:
                 checked.invalid.append((number, errors))
             elif not self.orders:
                 checked.valid.append((number, body))
@@ -273,10 +288,14 @@ class Writer:
     def __init__(self, store: Storage, shop: dict[str, Any], resource: str) -> None:
         self.store, self.shop, self.resource = store, shop, resource
         self.upsert = handler(resource)
+        self.check = body_check(resource)
         self.report = Report()
 
     def write(self, checked: Checked) -> None:
         self.report.invalid.extend(checked.invalid)
+        self.report.invalid.extend(
+            (number, merged(errors, self.check, body)) for number, errors, body in checked.recheck
+        )
         with self.store.transaction():
             if self.resource == "orders":
                 self._orders(checked.columns, checked.valid)

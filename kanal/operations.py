@@ -39,6 +39,7 @@ from connexion.uri_parsing import AbstractURIParser
 from connexion.utils import inspect_function_arguments, is_nullable, split_content_type
 from starlette.types import Receive, Scope, Send
 
+from kanal.checks import BODY_CHECKS
 from kanal.formats import current_region
 
 #: Valid parameter sets an operation remembers (then it starts again).
@@ -243,7 +244,7 @@ class OnceRequestValidation(RequestValidationOperation):
             op = self._operation
             schema = op.body_schema(mime_type)
             validator_cls = self._validator_map["body"].get(mime_type) if schema else None
-            self._bodies[key] = validator_cls and validator_cls(
+            validator = validator_cls and validator_cls(
                 schema=schema,
                 required=op.request_body.get("required", False),
                 nullable=is_nullable(op.body_definition(mime_type)),
@@ -251,6 +252,9 @@ class OnceRequestValidation(RequestValidationOperation):
                 strict_validation=self.strict_validation,
                 uri_parser=self._uri_parser,
             )
+            if validator:  # the checks the spec cannot state, reported with its own
+                validator.checks = BODY_CHECKS.get(op._operation.get("operationId"))
+            self._bodies[key] = validator
         return self._bodies[key]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

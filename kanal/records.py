@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kanal import automations, formats
+from kanal import automations, checks, formats
 from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
 from kanal.formats import current_region
@@ -111,9 +111,7 @@ def require_order(store_id: int, external_id: str) -> Body:
     """The order a shipment points to; a 422 on ``order_external_id`` if missing."""
     order = storage().get("orders", store_id, external_id)
     if order is None:
-        raise ValidationFailed(
-            {"order_external_id": ["The selected order_external_id is invalid."]}
-        )
+        raise ValidationFailed({"order_external_id": [checks.ORDER_MISSING]})
     return order
 
 

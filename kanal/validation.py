@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jsonschema_rs
@@ -36,6 +36,7 @@ from jsonschema.validators import extend
 from starlette.types import Receive, Scope
 
 from kanal import formats
+from kanal.checks import merged
 from kanal.errors import ValidationFailed, error
 from kanal.formats import current_region
 from kanal.operations import BODY
@@ -290,7 +291,11 @@ def fast(schema: dict) -> Any:
 
 
 class BodyValidator(AbstractRequestBodyValidator):
-    """Validates a JSON body and reports every failing field at once."""
+    """Validates a JSON body and reports every failing field at once: the schema's
+    and those of the operation's own checks (``kanal.checks``), in one 422."""
+
+    #: The operation's checks beyond the schema (set by the operation that builds this).
+    checks: Callable[[dict[str, Any]], dict[str, list[str]]] | None = None
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         messages = []
@@ -305,18 +310,26 @@ class BodyValidator(AbstractRequestBodyValidator):
         body = parse_json(raw)
         if not isinstance(body, dict):
             raise error(400, "The request body must be a JSON object.")
+        errors = {}
         if not fast(self._schema).is_valid(body):
             errors = collect(compiled(self._schema).iter_errors(body))
-            if errors:
-                raise ValidationFailed(errors)
+        errors = merged(errors, self.checks, body)
+        if errors:
+            raise ValidationFailed(errors)
         scope.setdefault("kanal", {})[BODY] = body  # the handler gets this object
         return self._insert_messages(receive, messages=messages), scope
 
 
 class ParametersValidator(ParameterValidator):
-    """Validates path and query parameters, reporting every failure at once."""
+    """Validates path and query parameters, reporting every failure at once. With
+    strict validation (kanal's setting), a query parameter the operation does not
+    define is a 400 naming it: a mistyped filter never quietly returns other data."""
 
     def validate_request(self, request: Any) -> None:
+        if self.strict_validation:
+            unknown = self.validate_query_parameter_list(request, self.security_query_params)
+            if unknown:
+                raise error(400, unknown_parameters(sorted(unknown), self.parameters))
         errors: dict[str, list[str]] = {}
         for location, values in (
             ("path", request.path_params),
@@ -337,6 +350,15 @@ class ParametersValidator(ParameterValidator):
                     errors.setdefault(path, []).extend(messages)
         if errors:
             raise ValidationFailed(errors)
+
+
+def unknown_parameters(names: list[str], parameters: dict[str, list[dict[str, Any]]]) -> str:
+    """The 400 message for query parameters an operation does not define."""
+    known = [parameter["name"] for parameter in parameters.get("query", [])]
+    listed = ", ".join(names)
+    takes = f"it takes {', '.join(known)}" if known else "it takes none"
+    plural = "s" if len(names) > 1 else ""
+    return f"Unknown query parameter{plural} for this operation: {listed} ({takes})."
 
 
 class ResponseBodyValidator(JSONResponseBodyValidator):
