@@ -8,7 +8,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint contract pytest conformance conformance-deep clients install format clean
+.PHONY: run test lint contract pytest conformance conformance-deep clients install postgres format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ $(NODE_STAMP): package.json package-lock.json
 	rm -f node_modules/.installed-* && touch $@
 
 install: $(STAMP) $(NODE_STAMP)
+
+# PostgreSQL's server for the tests (Debian's package), installed when it is missing.
+# The tests start a throwaway cluster of their own (kanal/throwaway.py); nothing is
+# assumed to be running. KANAL_TEST_POSTGRES_URL points them at a server of yours.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$KANAL_TEST_POSTGRES_URL" ] || { \
+		echo "installing Debian's postgresql package for the tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 run: $(STAMP)
 	$(VENV)/bin/kanal demo
@@ -36,7 +46,7 @@ contract: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python -m conformance.lint
 
 # The client tests need the npm tools (openapi-typescript, tsc) too.
-pytest: $(STAMP) $(NODE_STAMP)
+pytest: $(STAMP) $(NODE_STAMP) postgres
 	$(VENV)/bin/python -m pytest
 
 # Generate the Python client (build/kanal-client) and the TypeScript types.
