@@ -517,6 +517,24 @@ def stubs(check: bool) -> None:
         click.echo("Every operation has a handler; nothing to write.")
 
 
+@main.command()
+@db_option
+def migrate(db_path: str) -> None:
+    """Create or upgrade the database's schema, then exit (serve and worker also do
+    it at start). Versioned and idempotent: every row is kept."""
+    storage = Storage(db_path)  # opening a database migrates it, in one transaction
+    before, after = storage.migrated
+    storage.close()
+    was = (
+        " (created)"
+        if before < 0
+        else f" (upgraded from version {before})"
+        if before != after
+        else " (up to date)"
+    )
+    click.echo(f"{db_path}: schema at version {after}{was}")
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--store", "store_id", type=int, required=True, help="The store to import into.")

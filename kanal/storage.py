@@ -170,6 +170,17 @@ ERASED_CUSTOMER = dict.fromkeys(CUSTOMER_FIELDS)
 RATE_WINDOW = 60.0
 #: (key, store) pairs an app remembers between changes to the database.
 ACCOUNTS_CACHED = 10_000
+#: Numbered steps beyond creating what is missing: (version, what it does, SQL). A
+#: database records the last one it had; the steps after it run once, in order.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "the schema as created by the first versions", "SELECT 1"),
+    (
+        2,
+        "erasure deletes customers: finish the erasures of versions that soft-deleted "
+        "them and kept some of their data (tags, locale, amounts)",
+        "DELETE FROM customers WHERE deleted_at IS NOT NULL",
+    ),
+]
 #: Values per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 IN_CHUNK = 500
 #: SQL conditions with their parameters, joined with AND.
@@ -224,7 +235,8 @@ class Storage:
         self.db = sqlite_utils.Database(self.conn)
         self._accounts: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._accounts_version = -1
-        self.migrate()
+        #: The schema's version when opened and now (``migrate``).
+        self.migrated = self.migrate()
 
     def close(self) -> None:
         self.conn.close()
@@ -232,61 +244,74 @@ class Storage:
 
     # -- schema -----------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Create missing tables, columns and indexes; never drops anything."""
+    def migrate(self) -> tuple[int, int]:
+        """Bring the schema up to date: create missing tables, columns and indexes
+        (never dropping anything), then run the numbered steps (:data:`MIGRATIONS`)
+        the database has not had yet, recording the version reached (``PRAGMA
+        user_version``). One write transaction, so processes starting at once take
+        turns and each step runs once. Returns (version before, version after); before
+        is -1 for a database that had no schema, 0 for one made before versions were
+        recorded."""
         with self.transaction():
-            for name, columns in TABLES.items():
-                table = self.db.table(name)
-                if not table.exists():
-                    table.create(
-                        {"id": int, **columns},
-                        pk="id",
-                        defaults=DEFAULTS.get(name),
-                        foreign_keys=[("order_id", "orders", "id")]
-                        if name == "shipments"
-                        else None,
+            fresh = not self.db.table("stores").exists()
+            self._create_schema()
+            before = -1 if fresh else int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+            for version, _, step in MIGRATIONS:
+                if version > before:
+                    self.conn.execute(step)
+            after = max(before, MIGRATIONS[-1][0])
+            self.conn.execute(f"PRAGMA user_version = {after}")
+        return before, after
+
+    def _create_schema(self) -> None:
+        """The tables, columns and indexes of :data:`TABLES`, those missing created."""
+        for name, columns in TABLES.items():
+            table = self.db.table(name)
+            if not table.exists():
+                table.create(
+                    {"id": int, **columns},
+                    pk="id",
+                    defaults=DEFAULTS.get(name),
+                    foreign_keys=[("order_id", "orders", "id")] if name == "shipments" else None,
+                )
+                continue
+            present = table.columns_dict
+            for column, kind in columns.items():
+                if column not in present:
+                    table.add_column(
+                        column, kind, not_null_default=DEFAULTS.get(name, {}).get(column)
                     )
-                    continue
-                present = table.columns_dict
-                for column, kind in columns.items():
-                    if column not in present:
-                        table.add_column(
-                            column, kind, not_null_default=DEFAULTS.get(name, {}).get(column)
-                        )
-            for name in RESOURCES:
-                self.db.table(name).create_index(
-                    ["store_id", "external_id"], unique=True, if_not_exists=True
-                )
-            for name in (*RESOURCES, "contacts"):
-                self.db.table(name).create_index(["store_id", "id"], if_not_exists=True)
-            for name, columns in FILTER_INDEXES.items():
-                for column in columns:
-                    self.db.table(name).create_index(["store_id", column], if_not_exists=True)
-            self.db.table("contacts").create_index(
-                ["store_id", "phone"], unique=True, if_not_exists=True
+        for name in RESOURCES:
+            self.db.table(name).create_index(
+                ["store_id", "external_id"], unique=True, if_not_exists=True
             )
-            self.db.table("settings").create_index(["key"], unique=True, if_not_exists=True)
-            messages = self.db.table("messages")
-            messages.create_index(["store_id", "dedupe_key"], unique=True, if_not_exists=True)
-            messages.create_index(["state", "next_attempt_at"], if_not_exists=True)
-            messages.create_index(["store_id", "id"], if_not_exists=True)
-            messages.create_index(["record_table", "record_id"], if_not_exists=True)
-            messages.create_index(["store_id", "contact_phone"], if_not_exists=True)
-            for name in HOLDERS:
-                self.db.table(name).create_index(["store_id", "customer_phone"], if_not_exists=True)
-                self.db.table(name).create_index(
-                    ["store_id", "customer_external_id"], if_not_exists=True
-                )
-            self.db.table("api_keys").create_index(["token_hash"], unique=True, if_not_exists=True)
-            self.db.table("rate_limits").create_index(["store_id"], unique=True, if_not_exists=True)
-            # Erased customers are deleted; older versions kept them soft-deleted with
-            # some of their data (tags, locale, amounts): finish those erasures.
-            self.conn.execute("DELETE FROM customers WHERE deleted_at IS NOT NULL")
-            # A customer without external_id is keyed by phone: one live row per phone.
-            self.conn.execute(
-                "CREATE UNIQUE INDEX IF NOT EXISTS idx_customers_phone_key ON customers"
-                "(store_id, phone) WHERE external_id IS NULL AND deleted_at IS NULL"
+        for name in (*RESOURCES, "contacts"):
+            self.db.table(name).create_index(["store_id", "id"], if_not_exists=True)
+        for name, columns in FILTER_INDEXES.items():
+            for column in columns:
+                self.db.table(name).create_index(["store_id", column], if_not_exists=True)
+        self.db.table("contacts").create_index(
+            ["store_id", "phone"], unique=True, if_not_exists=True
+        )
+        self.db.table("settings").create_index(["key"], unique=True, if_not_exists=True)
+        messages = self.db.table("messages")
+        messages.create_index(["store_id", "dedupe_key"], unique=True, if_not_exists=True)
+        messages.create_index(["state", "next_attempt_at"], if_not_exists=True)
+        messages.create_index(["store_id", "id"], if_not_exists=True)
+        messages.create_index(["record_table", "record_id"], if_not_exists=True)
+        messages.create_index(["store_id", "contact_phone"], if_not_exists=True)
+        for name in HOLDERS:
+            self.db.table(name).create_index(["store_id", "customer_phone"], if_not_exists=True)
+            self.db.table(name).create_index(
+                ["store_id", "customer_external_id"], if_not_exists=True
             )
+        self.db.table("api_keys").create_index(["token_hash"], unique=True, if_not_exists=True)
+        self.db.table("rate_limits").create_index(["store_id"], unique=True, if_not_exists=True)
+        # A customer without external_id is keyed by phone: one live row per phone.
+        self.conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS idx_customers_phone_key ON customers"
+            "(store_id, phone) WHERE external_id IS NULL AND deleted_at IS NULL"
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
