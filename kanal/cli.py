@@ -20,6 +20,17 @@ DEMO_STORE = 123
 #: The key of the seed pages' curl examples, so they work as written on a demo.
 DEMO_TOKEN = "8fK2pX9mWq4Ld7Vb3Nc6Ts1Z"
 
+
+def _check_contract(outcome: str, *, handlers: bool = True) -> None:
+    """Stop with exit status 1 and every problem of openapi.yaml (and, with ``handlers``,
+    of the handlers it routes to), before anything else runs (kanal.contract)."""
+    from kanal import contract
+
+    problems = contract.check(handlers=handlers)
+    if problems:
+        raise click.ClickException(contract.report(problems, outcome))
+
+
 db_option = click.option(
     "--db",
     "db_path",
@@ -339,6 +350,7 @@ def _with_server_options(func: Any) -> Any:
 @click.option("--with-worker", is_flag=True, help="Also deliver messages, in a thread.")
 def serve(host: str, port: int, workers: int, db_path: str, with_worker: bool) -> None:
     """Run the API server."""
+    _check_contract("kanal serve did not start")
     if with_worker:
         _start_worker_thread(db_path)
     run_server(db_path, host, port, workers)
@@ -370,6 +382,7 @@ def serve(host: str, port: int, workers: int, db_path: str, with_worker: bool) -
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 def worker(db_path: str, interval: float, batch: int, lease: float, once: bool) -> None:
     """Deliver due WhatsApp messages from the outbox (several may run at once)."""
+    _check_contract("kanal worker did not start")
     import logging
     import signal
     import threading
@@ -408,6 +421,7 @@ def demo(host: str, port: int, workers: int, db_path: str) -> None:
     Any other database (stores or keys that demo did not create) is refused, and a
     revoked demo key is never created again.
     """
+    _check_contract("kanal demo did not start")
     storage = Storage(db_path)
     try:
         key_kept = _set_up_demo(storage, db_path)
@@ -496,24 +510,44 @@ def run_server(db_path: str, host: str, port: int, workers: int) -> None:
 
 
 @main.command()
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 if any handler is missing.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 if any handler is missing or does not fit its operation.",
+)
 def stubs(check: bool) -> None:
-    """Write a 501 handler stub for every operation of openapi.yaml that has none."""
+    """Write a 501 handler stub for every operation of openapi.yaml that has none.
+
+    The contract is checked first (nothing is written if it has a problem); then
+    every existing handler against what Connexion passes it: a handler that does
+    not fit is named, with the parameter, and left as it is (exit status 1).
+    """
+    from kanal import contract
     from kanal import stubs as stubs_module
     from kanal.app import ROOT
-    from kanal.spec import SPEC
+    from kanal.spec import SPEC, load_spec
 
-    missing = stubs_module.missing(ROOT, SPEC)
+    # The handlers are not looked at yet: writing the missing ones is what stubs is for.
+    _check_contract("no handler was looked at, nothing was written", handlers=False)
+    try:
+        missing = stubs_module.missing(ROOT, SPEC)
+    except ValueError as exc:  # a handler module that is not valid Python
+        raise click.ClickException(f"{exc}; nothing was written") from None
     if check:
         for stub in missing:
             click.echo(f"missing: {stub.label}")
-        if missing:
-            raise SystemExit(1)
-        click.echo("Every operation has a handler.")
-        return
-    for stub, path in zip(missing, stubs_module.write(ROOT, missing), strict=True):
-        click.echo(f"wrote {stub.label} to {path.relative_to(ROOT)}")
-    if not missing:
+    else:
+        for stub, path in zip(missing, stubs_module.write(ROOT, missing), strict=True):
+            click.echo(f"wrote {stub.label} to {path.relative_to(ROOT)}")
+    # Stubs written just now fit by construction; missing ones (--check) are named above.
+    mismatches = contract.handler_problems(load_spec(), skip=tuple(missing) if check else ())
+    for problem in mismatches:
+        click.echo(f"does not fit: {problem}")
+    if mismatches or (check and missing):
+        raise SystemExit(1)
+    if check:
+        click.echo("Every operation has a handler that takes what Connexion passes it.")
+    elif not missing:
         click.echo("Every operation has a handler; nothing to write.")
 
 

@@ -13,7 +13,7 @@ from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
 from kanal.formats import current_region
 from kanal.render import checkout_response
-from kanal.storage import ABANDONED, CUSTOMER_FIELDS, Storage, current
+from kanal.storage import ABANDONED, Storage, current, customer_fields
 
 Body = dict[str, Any]
 Response = tuple[Body, int]
@@ -35,7 +35,7 @@ def customer_columns(customer: Body) -> Body:
     normalised = phone(customer["phone"])
     return {
         "customer": {
-            **{key: customer[key] for key in CUSTOMER_FIELDS if key in customer},
+            **{key: customer[key] for key in customer_fields() if key in customer},
             "phone": normalised,
         },
         "customer_external_id": customer.get("external_id"),

@@ -11,6 +11,7 @@ processes serialise on the database and never create a duplicate.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import secrets
 import sqlite3
@@ -162,11 +163,21 @@ RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 # Tables whose records embed a customer (erased on a GDPR request).
 HOLDERS = ("orders", "checkouts", "carts")
 ABANDONED = ("checkouts", "carts")
-#: The keys of a customer that are kept (the spec's CustomerInput; the spec says unknown
-#: keys are ignored, so they are not stored), and what an erased person's embedded
-#: customer becomes: every one of them null.
-CUSTOMER_FIELDS = tuple(load_spec()["components"]["schemas"]["CustomerInput"]["properties"])
-ERASED_CUSTOMER = dict.fromkeys(CUSTOMER_FIELDS)
+
+
+@functools.cache
+def customer_fields() -> tuple[str, ...]:
+    """The keys of a customer that are kept: the spec's CustomerInput (the spec says
+    unknown keys are ignored, so they are not stored). Read from the contract when
+    first needed, so a command checks the contract before anything reads it."""
+    return tuple(load_spec()["components"]["schemas"]["CustomerInput"]["properties"])
+
+
+def erased_customer() -> dict[str, None]:
+    """What an erased person's embedded customer becomes: every key null."""
+    return dict.fromkeys(customer_fields())
+
+
 RATE_WINDOW = 60.0
 #: (key, store) pairs an app remembers between changes to the database.
 ACCOUNTS_CACHED = 10_000
@@ -505,7 +516,7 @@ class Storage:
         external_id). Someone else who shares the phone keeps their data.
 
         Their customer rows are deleted; the embedded customer of their records is
-        replaced by :data:`ERASED_CUSTOMER` (the records stay: totals and statuses are
+        replaced by :func:`erased_customer` (the records stay: totals and statuses are
         the shop's); the messages their records set off are cancelled (``erased``) if
         still pending, and every one of them loses its phone, parameters and error;
         the contacts of their phones are rebuilt from what remains, or deleted.
@@ -546,7 +557,7 @@ class Storage:
                     conn.execute(
                         f"UPDATE {table} SET customer = ?, customer_external_id = NULL, "
                         f"customer_phone = NULL, updated_at = ? WHERE id IN ({marks})",
-                        (to_json(ERASED_CUSTOMER), stamp, *chunk),
+                        (to_json(erased_customer()), stamp, *chunk),
                     )
             orders = dict(records)["orders"]
             shipments = [

@@ -6,14 +6,16 @@ exactly where the server's resolver looks. A missing function is appended to
 its module (created if needed) with the parameters Connexion passes (path and
 query parameters, ``body`` when there is a request body), the operation's
 summary as docstring, and a body that answers 501. Existing functions are never
-touched, so running it twice changes nothing.
+touched, so running it twice changes nothing. Each operation's ``arguments`` are
+what Connexion passes its handler; kanal.contract checks existing handlers
+against them.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,30 @@ def controller_for(operation: dict[str, Any]) -> str:
     return "handlers." + re.sub(r"\W+", "_", snake_case(str(tags[0]).replace(" ", ""))).strip("_")
 
 
+@dataclass(frozen=True)
+class Argument:
+    """What Connexion passes a handler for one parameter, or for the request body
+    (kanal.operations.Arguments: names made pythonic, query defaults from the spec)."""
+
+    name: str  # the Python name it arrives under: `from` -> `from_`
+    location: str  # "path", "query" or "body"
+    spec_name: str  # its name in openapi.yaml
+    kind: str  # the Python type a stub declares
+    always: bool  # passed with every request (path, body, required, or with a default)
+
+    @property
+    def declaration(self) -> str:
+        """The parameter as a stub declares it: ``dry_run: bool | None = None``."""
+        return f"{self.name}: {self.kind}" + ("" if self.always else " | None = None")
+
+    @property
+    def description(self) -> str:
+        if self.location == "body":
+            return f"the request body (passed as {self.name!r})"
+        spec = "" if self.spec_name == self.name else f" (passed as {self.name!r})"
+        return f"{self.location} parameter {self.spec_name!r}{spec}"
+
+
 @dataclass
 class Stub:
     module: str
@@ -56,6 +82,8 @@ class Stub:
     summary: str
     parameters: list[tuple[str, str, bool]]  # (name, python type, required)
     body: bool
+    body_name: str = "body"
+    arguments: list[Argument] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -64,7 +92,7 @@ class Stub:
     def source(self) -> str:
         args = [f"{name}: {kind}" for name, kind, required in self.parameters if required]
         if self.body:
-            args.append("body: dict")
+            args.append(f"{self.body_name}: dict")
         args += [
             f"{name}: {kind} | None = None"
             for name, kind, required in self.parameters
@@ -90,19 +118,32 @@ def operations(spec: dict[str, Any]) -> list[Stub]:
             op = item.get(method)
             if op is None:
                 continue
-            params = []
+            # The operation's parameters override the path's of the same name and place.
+            declared = {}
             for param in [*item.get("parameters", []), *op.get("parameters", [])]:
                 param = resolve(spec, param)
+                declared[(param["name"], param["in"])] = param
+            params, arguments = [], []
+            for param in declared.values():
                 if param["in"] not in ("path", "query"):
                     continue
-                schema = resolve(spec, param.get("schema", {}))
-                params.append(
-                    (
-                        pythonic(param["name"]),
-                        TYPES.get(schema.get("type"), "str"),
-                        bool(param.get("required")),
-                    )
+                schema = param.get("schema", {})
+                name, kind = pythonic(param["name"]), TYPES.get(schema.get("type"), "str")
+                required = bool(param.get("required"))
+                params.append((name, kind, required))
+                # Connexion fills a query parameter's default (an object's always).
+                always = (
+                    param["in"] == "path"
+                    or required
+                    or "default" in param
+                    or "default" in schema
+                    or schema.get("type") == "object"
                 )
+                arguments.append(Argument(name, param["in"], param["name"], kind, always))
+            body_name = "body"
+            if "requestBody" in op:
+                body_name = pythonic(resolve(spec, op["requestBody"]).get("x-body-name", "body"))
+                arguments.append(Argument(body_name, "body", body_name, "dict", True))
             found.append(
                 Stub(
                     module=controller_for(op),
@@ -112,6 +153,8 @@ def operations(spec: dict[str, Any]) -> list[Stub]:
                     summary=op.get("summary", ""),
                     parameters=params,
                     body="requestBody" in op,
+                    body_name=body_name,
+                    arguments=arguments,
                 )
             )
     return found
@@ -124,7 +167,10 @@ def module_file(root: Path, module: str) -> Path:
 def defined_functions(path: Path) -> set[str]:
     if not path.exists():
         return set()
-    tree = ast.parse(path.read_text())
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as exc:
+        raise ValueError(f"{path} line {exc.lineno}: {exc.msg}") from None
     return {
         node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     }
