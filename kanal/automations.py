@@ -9,7 +9,9 @@ run inside the write's own transaction.
   ``recovery_url``, notifications enabled, no recovery and a contact that has
   not opted out, its steps are scheduled relative to ``abandoned_at``; a step
   already in the past is skipped, not sent late. Anything else cancels the
-  pending steps, with the reason.
+  pending steps, with the reason. A checkout or cart written after the order that
+  completes it is recovered before this runs (``records.follow_arrival``), so it
+  schedules nothing; one PATCHed back to ``abandoned`` gets its steps still ahead.
 - Shipping: one message per (shipment, status) for the store's notifying statuses.
 - Order confirmation: when ``financial_status`` is ``paid`` (off by default).
 """

@@ -21,6 +21,8 @@ Two stages:
 
 from __future__ import annotations
 
+import json
+import mmap
 import multiprocessing
 import os
 import time
@@ -40,7 +42,7 @@ from kanal.errors import ApiError, ValidationFailed
 from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
 from kanal.storage import Storage, contact_of
-from kanal.validation import collect, compiled, fast, parse_json
+from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 #: Chunks handed to the workers ahead of the writer, per worker.
@@ -105,11 +107,39 @@ def read(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
     """(line or item number, the line's bytes or the array's item)."""
     head = stream.peek(64) if hasattr(stream, "peek") else b""
     if head.lstrip()[:1] == b"[":
-        yield from enumerate(ijson.items(stream, "item", use_float=True), 1)
+        yield from _array_items(stream)
         return
     for number, line in enumerate(stream, 1):
         if line.strip():
             yield number, line
+
+
+def _array_items(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+    """The items of a JSON array file; a malformed file ends with a ValueError that
+    says after which item (the chunks before it are written)."""
+    if not _lone_surrogate_in(stream):
+        items: Iterator[Any] = ijson.items(stream, "item", use_float=True)
+    else:
+        # yajl reads a lone surrogate escape as "?" or fails on it; ijson's pure-Python
+        # parser keeps it, and each item goes back to JSON text, refused as a line would be.
+        parsed = ijson.get_backend("python").items(stream, "item", use_float=True)
+        items = (json.dumps(item).encode() for item in parsed)
+    number = 0
+    try:
+        for number, item in enumerate(items, 1):
+            yield number, item
+    except ijson.JSONError as exc:
+        reason = (str(exc).splitlines() or ["malformed"])[0]
+        raise ValueError(
+            f"malformed JSON array after item {number}: {reason}. The chunks before it are "
+            "written (a transaction each) and an import upserts, so running it again is safe"
+        ) from None
+
+
+def _lone_surrogate_in(stream: IO[bytes]) -> bool:
+    """Whether a (non-empty) JSON file escapes a lone surrogate anywhere: read once, mapped."""
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return has_lone_surrogate(view)
 
 
 def chunks(stream: IO[bytes], size: int) -> Iterator[tuple[list[tuple[int, Any]], int]]:
@@ -134,6 +164,8 @@ class Checker:
         if isinstance(payload, bytes):
             try:
                 payload = parse_json(payload)
+            except ValidationFailed as exc:  # a lone surrogate: 422 in the API
+                return None, exc.body["errors"]
             except ApiError as exc:
                 return None, {"": [exc.body["error"]]}
         if not isinstance(payload, dict):

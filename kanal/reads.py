@@ -22,7 +22,7 @@ from typing import Any
 from kanal import formats
 from kanal.auth import current_store
 from kanal.errors import error, not_found
-from kanal.records import Body, storage
+from kanal.records import RECOVERED, Body, storage
 from kanal.render import (
     checkout_record,
     customer_record,
@@ -30,7 +30,7 @@ from kanal.render import (
     order_record,
     shipment_record,
 )
-from kanal.storage import ABANDONED, Storage, Where
+from kanal.storage import ABANDONED, Storage, Where, in_lists
 
 Render = Callable[[Body], Body]
 NO_CURRENCY = "XXX"  # ISO 4217: "no currency"
@@ -46,12 +46,28 @@ def window_start(moment: str, days: int | None = None) -> str:
         return datetime.min.replace(tzinfo=UTC).isoformat()
 
 
+def window_end(moment: str, days: int | None = None) -> str:
+    """The end of the attribution window that starts at ``moment`` (an ``abandoned_at``)."""
+    days = current_store.get()["attribution_days"] if days is None else days
+    parsed = datetime.fromisoformat(moment)
+    try:
+        return (parsed + timedelta(days=days)).isoformat()
+    except OverflowError:  # abandoned_at 9999-12-31: the window runs to the end of time
+        return datetime.max.replace(tzinfo=UTC).isoformat()
+
+
 def recovery_column() -> tuple[str, tuple[Any, ...]]:
-    """``recovery_status`` as SQL, for the current store's window, evaluated now."""
+    """``recovery_status`` as SQL, for the current store's window, evaluated now: derived
+    from ``status`` (the table in the spec's ``CheckoutStatus``). ``recovered`` and
+    ``completed`` read ``recovered``; ``abandoned`` reads ``abandoned`` while an order can
+    still recover it (``abandoned_at`` inside the window that ends now), else
+    ``not_recovered``, as ``active`` and ``expired`` always do."""
     cutoff = window_start(formats.now())
+    recovered = ", ".join(f"'{status}'" for status in RECOVERED)
     return (
-        ", CASE WHEN recovered_at IS NOT NULL THEN 'recovered' "
-        "WHEN abandoned_at < ? THEN 'not_recovered' ELSE 'abandoned' END AS recovery_status",
+        f", CASE WHEN status IN ({recovered}) THEN 'recovered' "
+        "WHEN status = 'abandoned' AND abandoned_at >= ? THEN 'abandoned' "
+        "ELSE 'not_recovered' END AS recovery_status",
         (cutoff,),
     )
 
@@ -303,15 +319,31 @@ def counting(name: str, store_id: int, params: dict[str, Any]) -> Body:
 
 
 def recovery_stats(store_id: int, start: str, end: str) -> Body:
+    """The figures of the checkouts and carts abandoned in [start, end]: those that were
+    abandoned (every status but ``active``), of them the recovered ones (``recovered``,
+    ``completed``); the revenue of the orders that recovered them (each order once, in
+    its currency) and the recovered ones' own totals."""
     lo, hi = formats.utc_timestamp(start), formats.utc_timestamp(end)  # to < from: empty period
-    where = [("abandoned_at >= ?", (lo,)), ("abandoned_at <= ?", (hi,))]
-    rows = [row for table in ABANDONED for row in storage().select(table, store_id, where)]
-    recovered = [row for row in rows if row["recovered_at"] is not None]
+    where = [
+        ("abandoned_at >= ?", (lo,)),
+        ("abandoned_at <= ?", (hi,)),
+        ("status != 'active'", ()),
+    ]
+    store = storage()
+    rows = [row for table in ABANDONED for row in store.select(table, store_id, where)]
+    recovered = [row for row in rows if row["status"] in RECOVERED]
+    orders = sorted({r["recovered_order_external_id"] for r in recovered} - {None})
+    revenue = [
+        (order["currency"], order["total_price"])
+        for chunk, marks in in_lists(orders)
+        for order in store.select("orders", store_id, [(f"external_id IN ({marks})", tuple(chunk))])
+    ]
     return {
         "from": lo,
         "to": hi,
         "abandoned": len(rows),
         "recovered": len(recovered),
         "recovery_rate": round(len(recovered) / len(rows), 4) if rows else 0,
-        "recovered_revenue": totals([(r["currency"], r["total_price"]) for r in recovered]),
+        "recovered_revenue": totals(revenue),
+        "recovered_checkout_value": totals([(r["currency"], r["total_price"]) for r in recovered]),
     }

@@ -66,17 +66,31 @@ def changes(body: Body) -> Body:
 def upsert_linked(
     table: str, store_id: int, record: Body, key: Body | None = None
 ) -> tuple[Body, bool]:
-    """Upsert a record that carries a phone, refresh its contact and, for an order,
-    attribute the recovery of an abandoned checkout or cart: one transaction."""
+    """Upsert a record that carries a phone, refresh its contact and attribute the
+    recovery of an abandoned checkout or cart, whichever side arrives last: an order
+    recovers one written before it, a checkout or cart is recovered by an order written
+    before it (``follow_arrival``). One transaction."""
     store, shop = storage(), current_store.get()
     with store.transaction():
         row, created = store.upsert(table, store_id, record, key=key)
         store.touch_contact(store_id, row.get("customer", row))
         if table in ABANDONED:
+            row = follow_arrival(store, table, row)
             automations.sync_recovery(store, shop, table, row)
         if table == "orders" and sets_off(store, shop, [row]):
             follow_order(store, shop, row)
     return row, created
+
+
+def follow_arrival(store: Storage, table: str, row: Body) -> Body:
+    """A checkout or cart just POSTed, recovered by the order that completes it when
+    that order came first (``Storage.attribute_arrival``); the row as it now stands.
+    A replaying POST keeps the status and recovery it has: it never undoes one."""
+    from kanal.reads import window_end  # reads builds on this module
+
+    if store.attribute_arrival(table, row, window_end(row["abandoned_at"])) is None:
+        return row
+    return store.get_by_id(table, row["id"])
 
 
 def follow_order(store: Storage, shop: Body, order: Body) -> None:
@@ -130,15 +144,27 @@ def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
     return checkout_response(row), 201 if created else 200
 
 
+#: Statuses that say a checkout or cart was recovered; the others say it was not.
+RECOVERED = ("recovered", "completed")
+
+
 def update_abandoned(
     table: str, label: str, store_id: int, external_id: str, body: Body
 ) -> Response:
-    """PATCH /checkouts/{id} and /carts/{id}; recovered or completed stamps recovered_at."""
-    recovered = body.get("status") in ("recovered", "completed")
-    unless_set = {"recovered_at": formats.now()} if recovered else None
+    """PATCH /checkouts/{id} and /carts/{id}, following the spec's ``CheckoutStatus``
+    table: entering ``recovered`` or ``completed`` stamps ``recovered_at`` once (moving
+    between the two keeps it, and the order that recovered it); ``active``, ``abandoned``
+    or ``expired`` clear ``recovered_at`` and ``recovered_order_external_id``: not
+    recovered. A PATCH never attributes: its status is the shop's word."""
+    status = body.get("status")
+    columns, unless_set = changes(body), None
+    if status in RECOVERED:
+        unless_set = {"recovered_at": formats.now()}
+    elif status is not None:
+        columns.update(recovered_at=None, recovered_order_external_id=None)
     store = storage()
     with store.transaction():
-        row = store.patch(table, store_id, external_id, changes(body), unless_set)
+        row = store.patch(table, store_id, external_id, columns, unless_set)
         if row is None:
             raise not_found(label)
         automations.sync_recovery(store, current_store.get(), table, row)

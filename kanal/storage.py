@@ -191,6 +191,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "them and kept some of their data (tags, locale, amounts)",
         "DELETE FROM customers WHERE deleted_at IS NOT NULL",
     ),
+    *(
+        (
+            3 + n,
+            f"{table} whose status is not recovered or completed lose the recovery that "
+            "older versions kept when the status moved on (it blocked the order too)",
+            f"UPDATE {table} SET recovered_at = NULL, recovered_order_external_id = NULL "
+            "WHERE status NOT IN ('recovered', 'completed') AND (recovered_at IS NOT NULL "
+            "OR recovered_order_external_id IS NOT NULL)",
+        )
+        for n, table in enumerate(("checkouts", "carts"))
+    ),
 ]
 #: Values per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 IN_CHUNK = 500
@@ -313,6 +324,10 @@ class Storage:
         messages.create_index(["store_id", "contact_phone"], if_not_exists=True)
         for name in HOLDERS:
             self.db.table(name).create_index(["store_id", "customer_phone"], if_not_exists=True)
+        for name in ABANDONED:  # an order recovers one at most: is it taken?
+            self.db.table(name).create_index(
+                ["store_id", "recovered_order_external_id"], if_not_exists=True
+            )
             self.db.table(name).create_index(
                 ["store_id", "customer_external_id"], if_not_exists=True
             )
@@ -757,19 +772,22 @@ class Storage:
     def attribute(
         self, store_id: int, order: dict[str, Any], window_start: str
     ) -> dict[str, Any] | None:
-        """Mark recovered the most recent abandoned checkout or cart of the order's
-        contact abandoned in [window_start, placed_at); once per order."""
+        """Mark recovered the checkout or cart an order recovers, if any: one of its
+        contact's, ``abandoned`` and not recovered, abandoned in [window_start, placed_at);
+        the most recent ``abandoned_at``, then a checkout before a cart (further down
+        the funnel), then the first written (lower id). Once per order: nothing when the
+        order has already recovered one."""
         phone, placed_at = order["customer_phone"], order["placed_at"]
         if phone is None:
             return None
         candidate = " UNION ALL ".join(
-            f"SELECT '{table}' AS kind, id, abandoned_at FROM {table} WHERE store_id = ? "
-            "AND customer_phone = ? AND status = 'abandoned' AND recovered_at IS NULL "
-            "AND abandoned_at >= ? AND abandoned_at < ?"
-            for table in ABANDONED
+            f"SELECT '{table}' AS kind, {funnel} AS funnel, id, abandoned_at FROM {table} "
+            "WHERE store_id = ? AND customer_phone = ? AND status = 'abandoned' "
+            "AND recovered_at IS NULL AND abandoned_at >= ? AND abandoned_at < ?"
+            for funnel, table in enumerate(ABANDONED)
         )
         best = self.conn.execute(
-            f"{candidate} ORDER BY abandoned_at DESC, id DESC LIMIT 1",
+            f"{candidate} ORDER BY abandoned_at DESC, funnel, id LIMIT 1",
             (store_id, phone, window_start, placed_at) * len(ABANDONED),
         ).fetchone()
         if best is None:
@@ -781,12 +799,42 @@ class Storage:
         if self.conn.execute(done, (store_id, order["external_id"]) * len(ABANDONED)).fetchone():
             return None
         table = best["kind"]
+        self._recover(table, best["id"], placed_at, order["external_id"])
+        return {"table": table, "id": best["id"]}
+
+    def attribute_arrival(
+        self, table: str, record: dict[str, Any], window_end: str
+    ) -> dict[str, Any] | None:
+        """The other side of :meth:`attribute`, for a checkout or cart written after the
+        order that completes it: if it is ``abandoned`` and not recovered, mark it
+        recovered by the first order of its contact placed in (abandoned_at, window_end]
+        that has recovered nothing yet (earliest ``placed_at``, then lower id). Returns
+        that order's external_id and placed_at, or None."""
+        phone, abandoned_at = record["customer_phone"], record["abandoned_at"]
+        if phone is None or record["status"] != "abandoned" or record["recovered_at"]:
+            return None
+        free = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {other} WHERE {other}.store_id = orders.store_id "
+            f"AND {other}.recovered_order_external_id = orders.external_id)"
+            for other in ABANDONED
+        )
+        order = self.conn.execute(
+            "SELECT external_id, placed_at FROM orders WHERE store_id = ? "
+            f"AND customer_phone = ? AND placed_at > ? AND placed_at <= ? AND {free} "
+            "ORDER BY placed_at, id LIMIT 1",
+            (record["store_id"], phone, abandoned_at, window_end),
+        ).fetchone()
+        if order is None:
+            return None
+        self._recover(table, record["id"], order["placed_at"], order["external_id"])
+        return {"external_id": order["external_id"], "placed_at": order["placed_at"]}
+
+    def _recover(self, table: str, row_id: int, at: str, order_external_id: str) -> None:
         self.conn.execute(
             f"UPDATE {table} SET status = 'recovered', recovered_at = ?, "
             "recovered_order_external_id = ?, updated_at = ? WHERE id = ?",
-            (placed_at, order["external_id"], formats.now(), best["id"]),
+            (at, order_external_id, formats.now(), row_id),
         )
-        return {"table": table, "id": best["id"]}
 
     def totals(
         self, table: str, store_id: int, phones: list[str]

@@ -2,19 +2,22 @@
 
 Connexion's own validators stop at the first error and answer a 400 problem.
 These replace them (through Connexion's ``validator_map``): the JSON body is
-parsed strictly (UTF-8, no NaN/Infinity, no duplicate keys), validated with a
-compiled Draft 4 validator (plus OpenAPI ``nullable``) that is built once per
-schema, and every failing field is listed with a Laravel-style message.
+parsed strictly (UTF-8, no NaN/Infinity, no duplicate keys; a lone surrogate
+escape is a 422 naming the field), validated with a compiled Draft 4 validator
+(plus OpenAPI ``nullable``) that is built once per schema, and every failing
+field is listed with a Laravel-style message.
 
 Formats are really checked here: ``date-time`` (RFC 3339, parsed the same way the
-handlers parse it), ``email`` (email-validator), ``uri`` (RFC 3986) and the
-custom ``phone`` (phonenumbers, in the store's default region).
+handlers parse it; out of range in UTC, the message says so), ``email``
+(email-validator), ``uri`` (RFC 3986) and the custom ``phone`` (phonenumbers, in
+the store's default region).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import mmap
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -97,6 +100,24 @@ FORMAT_MESSAGES = {
     "uri": "The {} field must be a valid URL.",
     "phone": "The {} field must be a valid phone number.",
 }
+#: A date-time that is RFC 3339 but not an instant kanal can hold (it overflows in UTC).
+DATE_RANGE_MESSAGE = "The {} field must be a date between 0001-01-01 and 9999-12-31 in UTC."
+#: A string, or an object key, holding a lone surrogate (``"\ud800"``): valid JSON
+#: syntax, but not Unicode text, so it can be neither stored nor sent on.
+UNICODE_MESSAGE = "The {} field must be valid Unicode text (no lone surrogate)."
+UNICODE_NAME_MESSAGE = "The name of the {} field must be valid Unicode text (no lone surrogate)."
+
+
+def format_message(name: str | None, value: object) -> str:
+    """The message template for a value that fails format ``name``: why it failed when
+    the reason is not the obvious one (a date-time that overflows in UTC)."""
+    if (
+        name == "date-time"
+        and isinstance(value, str)
+        and formats.timestamp_problem(value) == formats.OUT_OF_RANGE
+    ):
+        return DATE_RANGE_MESSAGE
+    return FORMAT_MESSAGES.get(name or "", "The {} field is invalid.")
 
 
 def _number(value: float | int) -> str:
@@ -152,10 +173,7 @@ def laravel_messages(err: ValidationError, prefix: Iterable[Any] = ()) -> Iterat
     elif kind == "pattern" and err.instance == "" and schema.get("minLength"):
         return  # an empty value is reported once, as required (minLength)
     elif kind == "format" or (kind == "pattern" and schema.get("format") in FORMAT_MESSAGES):
-        yield (
-            field,
-            FORMAT_MESSAGES.get(schema.get("format"), "The {} field is invalid.").format(field),
-        )
+        yield field, format_message(schema.get("format"), err.instance).format(field)
     elif kind == "pattern":
         yield field, f"The {field} field format is invalid."
     else:
@@ -229,14 +247,65 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
-def parse_json(raw: bytes) -> Any:
-    """Parse a request body strictly; a malformed one is a 400 ``{"error": ...}``."""
+#: The escapes of JSON text that decide whether a string holds a lone surrogate, matched
+#: left to right: an escaped backslash (consumed, so ``\\ud800`` is no escape), a
+#: surrogate pair (one astral character) and, in group 1, a lone surrogate.
+_ESCAPES = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: bytes | mmap.mmap) -> bool:
+    """Whether JSON text escapes a lone surrogate (``"\\ud800"``), the only way one can
+    get into a parsed string: strict UTF-8 refuses an encoded surrogate. Two substring
+    searches unless the text escapes a surrogate at all."""
+    if text.find(b"\\ud") < 0 and text.find(b"\\uD") < 0:
+        return False
+    return any(match.group(1) for match in _ESCAPES.finditer(text))
+
+
+def _field(path: tuple[Any, ...]) -> str:
+    """A dot path from a linked path ``(key, parent)``, a lone surrogate as its escape."""
+    keys = []
+    while path:
+        key, path = path
+        keys.append(str(key).encode("utf-8", "backslashreplace").decode("utf-8"))
+    return ".".join(reversed(keys))
+
+
+def unicode_errors(body: Any) -> dict[str, list[str]]:
+    """Every string of a parsed body, value or object key, holding a lone surrogate, by
+    dot path in document order (the body itself, not an object, is left to the caller)."""
+    errors: dict[str, list[str]] = {}
+    stack: list[tuple[tuple[Any, ...], Any, bool]] = [((), body, False)]
+    while stack:  # a loop: as deep as the decoder admits, recursion would be too deep
+        path, node, bad_name = stack.pop()
+        if bad_name:
+            field = _field(path)
+            errors.setdefault(field, []).append(UNICODE_NAME_MESSAGE.format(field))
+        if isinstance(node, dict):
+            children = [((k, path), v, bool(_SURROGATE.search(k))) for k, v in node.items()]
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            stack.extend(reversed([((i, path), v, False) for i, v in enumerate(node)]))
+        elif isinstance(node, str) and path and _SURROGATE.search(node):
+            field = _field(path)
+            errors.setdefault(field, []).append(UNICODE_MESSAGE.format(field))
+    return errors
+
+
+def parse_json(raw: bytes, *, unicode: bool = True) -> Any:
+    """Parse a request body strictly; a malformed one is a 400 ``{"error": ...}``, one
+    with a lone surrogate (valid JSON, not Unicode text) a 422 naming each field (unless
+    ``unicode`` is False: then the caller reports them, see ``BodyValidator``)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise error(400, "The request body is not valid UTF-8.") from None
     try:
-        return _DECODER.decode(text)
+        body = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise error(
             400, f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
@@ -245,6 +314,39 @@ def parse_json(raw: bytes) -> Any:
         raise error(400, f"Malformed JSON: {exc}.") from None
     except RecursionError:
         raise error(400, "Malformed JSON: nested too deeply.") from None
+    if unicode and has_lone_surrogate(raw):
+        errors = unicode_errors(body)
+        if errors:
+            raise ValidationFailed(errors)
+    return body
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def without_surrogates(body: Any) -> Any:
+    """``body`` with each lone surrogate written as its escape (``\\ud800``, as the
+    422 names it): what the schema's rules and the checks can look at safely (SQLite,
+    the Rust validator and some format checkers cannot take one). A field that held
+    one is reported for it already, under that same path."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, body)]
+    while stack:  # a loop: as deep as the decoder admits, recursion would be too deep
+        parent, slot, node = stack.pop()
+        if isinstance(node, dict):
+            copy: Any = {}
+            for key, value in node.items():
+                name = _escaped(key)
+                copy[name] = None
+                stack.append((copy, name, value))
+        elif isinstance(node, list):
+            copy = [None] * len(node)
+            stack.extend((copy, index, value) for index, value in enumerate(node))
+        else:
+            copy = _escaped(node) if isinstance(node, str) else node
+        parent[slot] = copy
+    return root[0]
 
 
 def json_schema(node: Any) -> Any:
@@ -307,13 +409,18 @@ class BodyValidator(AbstractRequestBodyValidator):
         raw = b"".join(m.get("body", b"") for m in messages)
         if not raw.strip():
             raise error(400, "The request body must be a JSON object.")
-        body = parse_json(raw)
+        body = parse_json(raw, unicode=False)
         if not isinstance(body, dict):
             raise error(400, "The request body must be a JSON object.")
-        errors = {}
-        if not fast(self._schema).is_valid(body):
-            errors = collect(compiled(self._schema).iter_errors(body))
-        errors = merged(errors, self.checks, body)
+        # Every failing field in one 422: lone surrogates, the schema's rules, the checks.
+        errors, checked = {}, body
+        if has_lone_surrogate(raw):
+            errors = unicode_errors(body)
+            checked = without_surrogates(body) if errors else body
+        if errors or not fast(self._schema).is_valid(checked):
+            found = collect(compiled(self._schema).iter_errors(checked))
+            errors = {**found, **errors} if errors else found
+        errors = merged(errors, self.checks, checked)
         if errors:
             raise ValidationFailed(errors)
         scope.setdefault("kanal", {})[BODY] = body  # the handler gets this object

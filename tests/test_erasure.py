@@ -391,21 +391,6 @@ def test_erasure_on_a_real_server(server: Any, keys: dict[str, Any], db: str) ->
     assert refused.status_code == 422
 
 
-def test_an_older_database_finishes_its_erasures(tmp_path: Path) -> None:
-    """Customers soft-deleted by an older kanal (some data left) are deleted at start."""
-    db = str(tmp_path / "old.db")
-    Storage(db).close()
-    conn = sqlite3.connect(db)
-    conn.execute(
-        "INSERT INTO customers (store_id, external_id, tags, locale, deleted_at) "
-        "VALUES (1, 'OLD', '[\"left-behind\"]', 'fr', '2026-01-01T00:00:00+00:00')"
-    )
-    conn.commit()
-    conn.close()
-    Storage(db).close()
-    assert "left-behind" not in every_row(db)
-
-
 def test_records_of_an_erased_person_set_off_nothing_more(api: Api, shop: Storage, db: str) -> None:
     write_everything(api, "A", person("C-GONE", "+33612345678", "Gonzaga"))
     assert api.delete("customers/C-GONE").status_code == 204

@@ -215,3 +215,15 @@ def test_a_dead_checking_process_is_a_clean_error(
     assert result.exit_code == 1
     assert "Error: a checking process died" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_malformed_json_array_ends_the_import_with_a_clean_error(
+    tmp_path: Path, db: str, keys: dict[str, Any]
+) -> None:
+    good = json.dumps({**ORDER, "external_id": "ORDER-1"})
+    source = tmp_path / "orders.json"
+    source.write_text(f'[{good}, {{"external_id": ')
+    result = run("import", str(source), "--store", "123", "--resource", "orders", "--db", db)
+    assert result.exit_code == 1
+    assert "Error: malformed JSON array after item 1: parse error: premature EOF." in result.output
+    assert "Traceback" not in result.output

@@ -138,3 +138,28 @@ def test_unknown_query_parameters_on_a_real_server(server: Any, keys: dict[str, 
     url = f"{server.url}/api/v1/stores/123/orders/count"
     assert httpx.get(url, params={"status": "foo"}, headers=headers).status_code == 400
     assert httpx.get(url, params={"financial_status": "paid"}, headers=headers).status_code == 200
+
+
+def test_a_lone_surrogate_is_reported_with_the_other_failing_fields(api: Api) -> None:
+    raw = b'{"external_id": "S", "order_external_id": "N\\ud800", "status": "lost"}'
+    response = api.client.post(
+        api.url("shipments"),
+        content=raw,
+        headers={**api.headers(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert errors == {
+        "status": ["The selected status is invalid."],
+        "order_external_id": [
+            "The order_external_id field must be valid Unicode text (no lone surrogate)."
+        ],
+    }
+    raw = b'{"first_name": "\\udc00", "email": "nope"}'
+    response = api.client.post(
+        api.url("customers"),
+        content=raw,
+        headers={**api.headers(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert set(response.json()["errors"]) == {"first_name", "email", "phone"}

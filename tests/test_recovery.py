@@ -212,7 +212,8 @@ def test_recovery_stats(api: Api) -> None:
         "abandoned": 3,
         "recovered": 2,
         "recovery_rate": 0.6667,
-        "recovered_revenue": {"EUR": "10.05", "USD": "49.90"},
+        "recovered_revenue": {"EUR": "59.90"},  # ORDER-1's total; CART-1's PATCH: no order
+        "recovered_checkout_value": {"EUR": "10.05", "USD": "49.90"},
     }
     empty = read(api, "stats/recovery?from=2026-05-31T00:00:00Z&to=2026-05-01T00:00:00Z")
     assert (empty["abandoned"], empty["recovery_rate"], empty["recovered_revenue"]) == (0, 0, {})

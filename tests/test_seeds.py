@@ -145,7 +145,7 @@ def test_recipe_replays_end_to_end(seed_server: Server) -> None:
     assert carted.json() == {
         "external_id": "CART-7700",
         "store_id": 123,
-        "status": "abandoned",
+        "status": "recovered",  # ORDER-1001 (10:00, same phone) completes it, as it arrives
         "total_price": "49.90",
         "currency": "EUR",
         "recovery_url": "https://shop.example.com/cart/recover/7700",
