@@ -19,7 +19,7 @@ async def count_contacts(store_id: int, **params: Any) -> Body:
 
 async def get_contact(store_id: int, phone: str) -> Body:
     """Retrieve a contact by its E.164 phone number."""
-    return reads.retrieve("contacts", store_id, [("phone = ?", (_number(phone),))])
+    return reads.retrieve("contacts", store_id, [("phone", "=", _number(phone))])
 
 
 async def update_contact(store_id: int, phone: str, body: Body) -> Body:
@@ -27,7 +27,7 @@ async def update_contact(store_id: int, phone: str, body: Body) -> Body:
     number = _number(phone)
     if not storage().set_opt_out(store_id, number, body["opted_out"]):
         raise not_found("Contact")
-    return reads.retrieve("contacts", store_id, [("phone = ?", (number,))])
+    return reads.retrieve("contacts", store_id, [("phone", "=", number)])
 
 
 def _number(phone: str) -> str:

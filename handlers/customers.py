@@ -55,10 +55,11 @@ async def count_customers(store_id: int, **params: Any) -> Body:
 
 
 async def get_customer(store_id: int, external_id: str) -> Body:
-    """Retrieve a customer by external_id, or by phone for one keyed by phone."""
+    """Retrieve a customer by external_id, or else by phone for one keyed by phone (as
+    DELETE finds the person)."""
+    by_id = [("external_id", "=", external_id)]
     number = phone(external_id)
-    return reads.retrieve(
-        "customers",
-        store_id,
-        [("(external_id = ? OR (external_id IS NULL AND phone = ?))", (external_id, number))],
-    )
+    if number is None:
+        return reads.retrieve("customers", store_id, by_id)
+    by_phone = [("external_id", "is null", None), ("phone", "=", number)]
+    return reads.retrieve("customers", store_id, by_id, by_phone)

@@ -18,4 +18,4 @@ async def count_messages(store_id: int, **params: Any) -> Body:
 
 async def get_message(store_id: int, message_id: int) -> Body:
     """Retrieve a message by its id."""
-    return reads.retrieve("messages", store_id, [("id = ?", (message_id,))])
+    return reads.retrieve("messages", store_id, [("id", "=", message_id)])

@@ -14,15 +14,13 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from kanal import formats
-from kanal.auth import current_store
 from kanal.errors import error, not_found
-from kanal.records import RECOVERED, Body, storage
+from kanal.records import Body, storage, window_start
 from kanal.render import (
     checkout_record,
     customer_record,
@@ -30,46 +28,16 @@ from kanal.render import (
     order_record,
     shipment_record,
 )
-from kanal.storage import ABANDONED, Storage, Where, in_lists
+from kanal.storage import ABANDONED, RECOVERED, Condition, Storage, Where, in_lists
 
 Render = Callable[[Body], Body]
 NO_CURRENCY = "XXX"  # ISO 4217: "no currency"
 
 
-def window_start(moment: str, days: int | None = None) -> str:
-    """The start of the attribution window that ends at ``moment``."""
-    days = current_store.get()["attribution_days"] if days is None else days
-    parsed = datetime.fromisoformat(moment)
-    try:
-        return (parsed - timedelta(days=days)).isoformat()
-    except OverflowError:  # found by Schemathesis: placed_at 0001-01-01
-        return datetime.min.replace(tzinfo=UTC).isoformat()
-
-
-def window_end(moment: str, days: int | None = None) -> str:
-    """The end of the attribution window that starts at ``moment`` (an ``abandoned_at``)."""
-    days = current_store.get()["attribution_days"] if days is None else days
-    parsed = datetime.fromisoformat(moment)
-    try:
-        return (parsed + timedelta(days=days)).isoformat()
-    except OverflowError:  # abandoned_at 9999-12-31: the window runs to the end of time
-        return datetime.max.replace(tzinfo=UTC).isoformat()
-
-
-def recovery_column() -> tuple[str, tuple[Any, ...]]:
-    """``recovery_status`` as SQL, for the current store's window, evaluated now: derived
-    from ``status`` (the table in the spec's ``CheckoutStatus``). ``recovered`` and
-    ``completed`` read ``recovered``; ``abandoned`` reads ``abandoned`` while an order can
-    still recover it (``abandoned_at`` inside the window that ends now), else
-    ``not_recovered``, as ``active`` and ``expired`` always do."""
-    cutoff = window_start(formats.now())
-    recovered = ", ".join(f"'{status}'" for status in RECOVERED)
-    return (
-        f", CASE WHEN status IN ({recovered}) THEN 'recovered' "
-        "WHEN status = 'abandoned' AND abandoned_at >= ? THEN 'abandoned' "
-        "ELSE 'not_recovered' END AS recovery_status",
-        (cutoff,),
-    )
+def recovery_cutoff() -> str:
+    """Where ``recovery_status`` turns ``not_recovered`` for the current store, now: the
+    start of the attribution window that ends now (``Storage.RECOVERY_STATUS``)."""
+    return window_start(formats.now())
 
 
 def totals(pairs: list[tuple[str | None, str]]) -> dict[str, str]:
@@ -114,38 +82,40 @@ def contact_records(store: Storage, store_id: int, rows: list[Body]) -> list[Bod
 
 @dataclass(frozen=True)
 class Resource:
-    """How one resource is read: its table, what created_at means, its filters."""
+    """How one resource is read: its table, what created_at means, the columns its
+    filters (query parameters of the same name) compare with."""
 
     name: str
     table: str
     label: str
     created: str
-    filters: dict[str, str] = field(default_factory=dict)
-    live: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
     recovery: bool = False
     render: Render | None = None
 
-    def computed(self) -> tuple[str, tuple[Any, ...]]:
-        return recovery_column() if self.recovery else ("", ())
+    def cutoff(self) -> str | None:
+        return recovery_cutoff() if self.recovery else None
 
-    def where(self, filters: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
-        conditions = {
-            "created_at_min": f"{self.created} >= ?",
-            "created_at_max": f"{self.created} <= ?",
-            "updated_at_min": "updated_at >= ?",
-            "updated_at_max": "updated_at <= ?",
-            "since_id": "id > ?",
-            **self.filters,
+    def where(self, filters: dict[str, Any]) -> list[Condition]:
+        """The conditions of a list's or count's query parameters (bounds inclusive)."""
+        bounds = {
+            "created_at_min": (self.created, ">="),
+            "created_at_max": (self.created, "<="),
+            "updated_at_min": ("updated_at", ">="),
+            "updated_at_max": ("updated_at", "<="),
+            "since_id": ("id", ">"),
+            **{name: (name, "=") for name in self.filters},
         }
-        where = [(condition, ()) for condition in self.live]
+        where = []
         for name, value in filters.items():
             if name.endswith(("_min", "_max")):
                 value = formats.utc_timestamp(value)
-            where.append((conditions[name], (value,)))
+            column, operator = bounds[name]
+            where.append((column, operator, value))
         return where
 
     def rows(self, store: Storage, store_id: int, where: Where, **page: Any) -> list[Body]:
-        rows = store.select(self.table, store_id, where, computed=self.computed(), **page)
+        rows = store.select(self.table, store_id, where, cutoff=self.cutoff(), **page)
         if self.name == "contacts":
             return contact_records(store, store_id, rows)
         if self.recovery:
@@ -161,10 +131,7 @@ RESOURCES = {
         "orders",
         "Order",
         "placed_at",
-        {
-            "financial_status": "financial_status = ?",
-            "fulfillment_status": "fulfillment_status = ?",
-        },
+        ("financial_status", "fulfillment_status"),
         render=order_record,
     ),
     "checkouts": Resource(
@@ -172,7 +139,7 @@ RESOURCES = {
         "checkouts",
         "Checkout",
         "abandoned_at",
-        {"status": "status = ?", "recovery_status": "recovery_status = ?"},
+        ("status", "recovery_status"),
         recovery=True,
         render=checkout_record,
     ),
@@ -181,7 +148,7 @@ RESOURCES = {
         "carts",
         "Cart",
         "abandoned_at",
-        {"status": "status = ?", "recovery_status": "recovery_status = ?"},
+        ("status", "recovery_status"),
         recovery=True,
         render=checkout_record,
     ),
@@ -190,7 +157,6 @@ RESOURCES = {
         "customers",
         "Customer",
         "inserted_at",
-        live=("deleted_at IS NULL",),
         render=customer_record,
     ),
     "shipments": Resource(
@@ -198,7 +164,7 @@ RESOURCES = {
         "shipments",
         "Shipment",
         "inserted_at",
-        {"status": "status = ?"},
+        ("status",),
         render=shipment_record,
     ),
     "contacts": Resource("contacts", "contacts", "Contact", "inserted_at"),
@@ -207,7 +173,7 @@ RESOURCES = {
         "messages",
         "Message",
         "inserted_at",
-        {"state": "state = ?", "trigger": "trigger = ?"},
+        ("state", "trigger"),
         render=message_record,
     ),
 }
@@ -250,17 +216,19 @@ def decode_cursor(store: Storage, token: str, resource: str, store_id: int) -> d
 # -- operations -------------------------------------------------------------
 
 
-def retrieve(name: str, store_id: int, where: Where) -> Body:
-    """One record of the store matching ``where``, or a 404."""
+def retrieve(name: str, store_id: int, *alternatives: Where) -> Body:
+    """The first record of the store matching one of ``alternatives``, in order, or
+    a 404."""
     resource = RESOURCES[name]
-    found = resource.rows(storage(), store_id, [*resource.where({}), *where], limit=1)
-    if not found:
-        raise not_found(resource.label)
-    return found[0]
+    for where in alternatives:
+        found = resource.rows(storage(), store_id, where, limit=1)
+        if found:
+            return found[0]
+    raise not_found(resource.label)
 
 
 def by_external_id(name: str, store_id: int, external_id: str) -> Body:
-    return retrieve(name, store_id, [("external_id = ?", (external_id,))])
+    return retrieve(name, store_id, [("external_id", "=", external_id)])
 
 
 def listing(name: str, store_id: int, params: dict[str, Any]) -> tuple[Body, int, dict[str, str]]:
@@ -283,12 +251,7 @@ def listing(name: str, store_id: int, params: dict[str, Any]) -> tuple[Body, int
         first, last = records[0]["id"], records[-1]["id"]
         for rel, key, edge in (("previous", "before", first), ("next", "after", last)):
             more = store.select(
-                resource.table,
-                store_id,
-                where,
-                computed=resource.computed(),
-                limit=1,
-                **{key: edge},
+                resource.table, store_id, where, cutoff=resource.cutoff(), limit=1, **{key: edge}
             )
             if more:
                 token = encode_cursor(
@@ -313,7 +276,7 @@ def counting(name: str, store_id: int, params: dict[str, Any]) -> Body:
     resource = RESOURCES[name]
     filters = {key: value for key, value in params.items() if value is not None}
     count = storage().count(
-        resource.table, store_id, resource.where(filters), computed=resource.computed()
+        resource.table, store_id, resource.where(filters), cutoff=resource.cutoff()
     )
     return {"count": count}
 
@@ -324,19 +287,15 @@ def recovery_stats(store_id: int, start: str, end: str) -> Body:
     ``completed``); the revenue of the orders that recovered them (each order once, in
     its currency) and the recovered ones' own totals."""
     lo, hi = formats.utc_timestamp(start), formats.utc_timestamp(end)  # to < from: empty period
-    where = [
-        ("abandoned_at >= ?", (lo,)),
-        ("abandoned_at <= ?", (hi,)),
-        ("status != 'active'", ()),
-    ]
+    where = [("abandoned_at", ">=", lo), ("abandoned_at", "<=", hi), ("status", "!=", "active")]
     store = storage()
     rows = [row for table in ABANDONED for row in store.select(table, store_id, where)]
     recovered = [row for row in rows if row["status"] in RECOVERED]
     orders = sorted({r["recovered_order_external_id"] for r in recovered} - {None})
     revenue = [
         (order["currency"], order["total_price"])
-        for chunk, marks in in_lists(orders)
-        for order in store.select("orders", store_id, [(f"external_id IN ({marks})", tuple(chunk))])
+        for chunk, _ in in_lists(orders)
+        for order in store.select("orders", store_id, [("external_id", "in", chunk)])
     ]
     return {
         "from": lo,

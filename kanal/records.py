@@ -6,6 +6,7 @@ and reported in the same 422 shape as the spec's own rules.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kanal import automations, checks, formats
@@ -13,7 +14,7 @@ from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
 from kanal.formats import current_region
 from kanal.render import checkout_response
-from kanal.storage import ABANDONED, Storage, current, customer_fields
+from kanal.storage import ABANDONED, RECOVERED, Storage, current, customer_fields
 
 Body = dict[str, Any]
 Response = tuple[Body, int]
@@ -82,12 +83,30 @@ def upsert_linked(
     return row, created
 
 
+def window_start(moment: str, days: int | None = None) -> str:
+    """The start of the attribution window that ends at ``moment``."""
+    days = current_store.get()["attribution_days"] if days is None else days
+    parsed = datetime.fromisoformat(moment)
+    try:
+        return (parsed - timedelta(days=days)).isoformat()
+    except OverflowError:  # found by Schemathesis: placed_at 0001-01-01
+        return datetime.min.replace(tzinfo=UTC).isoformat()
+
+
+def window_end(moment: str, days: int | None = None) -> str:
+    """The end of the attribution window that starts at ``moment`` (an ``abandoned_at``)."""
+    days = current_store.get()["attribution_days"] if days is None else days
+    parsed = datetime.fromisoformat(moment)
+    try:
+        return (parsed + timedelta(days=days)).isoformat()
+    except OverflowError:  # abandoned_at 9999-12-31: the window runs to the end of time
+        return datetime.max.replace(tzinfo=UTC).isoformat()
+
+
 def follow_arrival(store: Storage, table: str, row: Body) -> Body:
     """A checkout or cart just POSTed, recovered by the order that completes it when
     that order came first (``Storage.attribute_arrival``); the row as it now stands.
     A replaying POST keeps the status and recovery it has: it never undoes one."""
-    from kanal.reads import window_end  # reads builds on this module
-
     if store.attribute_arrival(table, row, window_end(row["abandoned_at"])) is None:
         return row
     return store.get_by_id(table, row["id"])
@@ -96,8 +115,6 @@ def follow_arrival(store: Storage, table: str, row: Body) -> Body:
 def follow_order(store: Storage, shop: Body, order: Body) -> None:
     """What writing an order sets off: the recovery of the abandoned checkout or cart
     it completes (attribution), and the order confirmation."""
-    from kanal.reads import window_start  # reads builds on this module
-
     recovered = store.attribute(order["store_id"], order, window_start(order["placed_at"]))
     if recovered is not None:
         automations.sync_recovery(
@@ -142,10 +159,6 @@ def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
         },
     )
     return checkout_response(row), 201 if created else 200
-
-
-#: Statuses that say a checkout or cart was recovered; the others say it was not.
-RECOVERED = ("recovered", "completed")
 
 
 def update_abandoned(

@@ -205,8 +205,33 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 #: Values per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 IN_CHUNK = 500
-#: SQL conditions with their parameters, joined with AND.
-Where = Sequence[tuple[str, tuple[Any, ...]]]
+#: A condition on one column: (column, operator, value), joined with AND. The callers
+#: name columns and values; the SQL is written here (and by each engine its own way).
+Condition = tuple[str, str, Any]
+Where = Sequence[Condition]
+#: The operators of a condition, as SQL (``in`` takes a list; ``is null`` no value).
+OPERATORS = {
+    "=": "{} = ?",
+    "!=": "{} != ?",
+    ">": "{} > ?",
+    ">=": "{} >= ?",
+    "<": "{} < ?",
+    "<=": "{} <= ?",
+    "in": "{} IN ({})",
+    "is null": "{} IS NULL",
+}
+#: Statuses that say a checkout or cart was recovered; the others say it was not.
+RECOVERED = ("recovered", "completed")
+#: ``recovery_status`` of a checkout or cart, given the start of the attribution window
+#: that ends now (``cutoff``): derived from ``status`` (the table in the spec's
+#: ``CheckoutStatus``). ``recovered`` and ``completed`` read ``recovered``;
+#: ``abandoned`` reads ``abandoned`` while an order can still recover it (abandoned at
+#: or after the cutoff), else ``not_recovered``, as ``active`` and ``expired`` always do.
+RECOVERY_STATUS = (
+    "CASE WHEN status IN ({}) THEN 'recovered' "
+    "WHEN status = 'abandoned' AND abandoned_at >= ? THEN 'abandoned' "
+    "ELSE 'not_recovered' END"
+).format(", ".join(f"'{status}'" for status in RECOVERED))
 
 
 def to_json(value: Any) -> str:
@@ -668,7 +693,7 @@ class Storage:
         store_id: int,
         where: Where = (),
         *,
-        computed: tuple[str, tuple[Any, ...]] = ("", ()),
+        cutoff: str | None = None,
         after: int | None = None,
         before: int | None = None,
         limit: int = -1,
@@ -676,48 +701,57 @@ class Storage:
         """The SQL of :meth:`select` (keyset pages on the (store_id, id) index)."""
         bounds = [*where]
         if after is not None:
-            bounds.append(("id > ?", (after,)))
+            bounds.append(("id", ">", after))
         if before is not None:
-            bounds.append(("id < ?", (before,)))
-        source, params = self._filtered(table, store_id, bounds, computed)
+            bounds.append(("id", "<", before))
+        source, params = self._filtered(table, store_id, bounds, cutoff)
         order = "DESC" if before is not None else "ASC"
         return f"SELECT * {source} ORDER BY id {order} LIMIT ?", [*params, limit]
 
     @staticmethod
     def _filtered(
-        table: str, store_id: int, where: Where, computed: tuple[str, tuple[Any, ...]]
+        table: str, store_id: int, where: Where, cutoff: str | None
     ) -> tuple[str, list[Any]]:
-        """``FROM ... WHERE ...`` over one store's rows, with computed columns."""
-        clauses = ["store_id = ?", *(sql for sql, _ in where)]
-        params: list[Any] = [*computed[1], store_id]
-        for _, values in where:
-            params.extend(values)
+        """``FROM ... WHERE ...`` over one store's rows; with a ``cutoff``, checkouts and
+        carts have their ``recovery_status`` (:data:`RECOVERY_STATUS`) to read and filter."""
+        columns = {"id", *TABLES[table]}
+        computed, params = "", []
+        if cutoff is not None:
+            computed, params = f", {RECOVERY_STATUS} AS recovery_status", [cutoff]
+            columns.add("recovery_status")
+        clauses = ["store_id = ?"]
+        params.append(store_id)
+        for column, operator, value in where:
+            if column not in columns or operator not in OPERATORS:
+                raise ValueError(f"no condition {column} {operator} on {table}")
+            if operator == "in":
+                clauses.append(OPERATORS[operator].format(column, ", ".join("?" for _ in value)))
+                params.extend(value)
+                continue
+            clauses.append(OPERATORS[operator].format(column))
+            if operator != "is null":
+                params.append(value)
         return (
-            f"FROM (SELECT *{computed[0]} FROM {table}) WHERE {' AND '.join(clauses)}",
+            f"FROM (SELECT *{computed} FROM {table}) WHERE {' AND '.join(clauses)}",
             params,
         )
 
     def select(
         self, table: str, store_id: int, where: Where = (), **page: Any
     ) -> list[dict[str, Any]]:
-        """Rows of one store, by id: after ``after`` ascending, or the last ones
-        before ``before`` (still returned ascending). ``computed`` adds columns
-        (``, expr AS name``) whose expressions may also appear in ``where``. ``page``
-        takes :meth:`select_sql`'s keywords."""
+        """Rows of one store matching ``where``, by id: after ``after`` ascending, or
+        the last ones before ``before`` (still returned ascending). ``page`` takes
+        :meth:`select_sql`'s keywords (``cutoff``, ``after``, ``before``, ``limit``)."""
         sql, params = self.select_sql(table, store_id, where, **page)
         rows = [self._decode(r) for r in self.conn.execute(sql, params)]
         descending = page.get("before") is not None
         return [r for r in (reversed(rows) if descending else rows) if r is not None]
 
     def count(
-        self,
-        table: str,
-        store_id: int,
-        where: Where = (),
-        *,
-        computed: tuple[str, tuple[Any, ...]] = ("", ()),
+        self, table: str, store_id: int, where: Where = (), *, cutoff: str | None = None
     ) -> int:
-        source, params = self._filtered(table, store_id, where, computed)
+        """How many rows of one store match ``where``."""
+        source, params = self._filtered(table, store_id, where, cutoff)
         return int(self.conn.execute(f"SELECT count(*) {source}", params).fetchone()[0])
 
     def secret(self) -> bytes:

@@ -310,8 +310,6 @@ def test_list_query_uses_an_index_not_a_scan(storage: Storage, page: dict[str, i
     plan = " ".join(row[3] for row in storage.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "USING INDEX idx_orders_store_id_id" in plan, plan
     assert "TEMP B-TREE" not in plan and "OFFSET" not in sql
-    sql, params = storage.select_sql(
-        "orders", STORE, [("financial_status = ?", ("paid",))], limit=50
-    )
+    sql, params = storage.select_sql("orders", STORE, [("financial_status", "=", "paid")], limit=50)
     plan = " ".join(row[3] for row in storage.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "USING INDEX idx_orders_store_id_financial_status" in plan, plan
