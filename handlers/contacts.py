@@ -9,25 +9,25 @@ from kanal.records import Body, storage
 
 async def list_contacts(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
     """List contacts."""
-    return reads.listing("contacts", store_id, params)
+    return await reads.listing("contacts", store_id, params)
 
 
 async def count_contacts(store_id: int, **params: Any) -> Body:
     """Count contacts."""
-    return reads.counting("contacts", store_id, params)
+    return await reads.counting("contacts", store_id, params)
 
 
 async def get_contact(store_id: int, phone: str) -> Body:
     """Retrieve a contact by its E.164 phone number."""
-    return reads.retrieve("contacts", store_id, [("phone", "=", _number(phone))])
+    return await reads.retrieve("contacts", store_id, [("phone", "=", _number(phone))])
 
 
 async def update_contact(store_id: int, phone: str, body: Body) -> Body:
     """Record a contact's opt-out (or opt-in); opting out cancels its pending messages."""
     number = _number(phone)
-    if not storage().set_opt_out(store_id, number, body["opted_out"]):
+    if not await storage().set_opt_out(store_id, number, body["opted_out"]):
         raise not_found("Contact")
-    return reads.retrieve("contacts", store_id, [("phone", "=", number)])
+    return await reads.retrieve("contacts", store_id, [("phone", "=", number)])
 
 
 def _number(phone: str) -> str:

@@ -18,7 +18,7 @@ async def upsert_customer(store_id: int, body: Body) -> Response:
         if external_id is not None
         else {"external_id": None, "phone": number, "deleted_at": None}
     )
-    row, created = upsert_linked(
+    row, created = await upsert_linked(
         "customers",
         store_id,
         {
@@ -40,18 +40,18 @@ async def upsert_customer(store_id: int, body: Body) -> Response:
 async def delete_customer(store_id: int, external_id: str) -> NoContent:
     """Erase a person (GDPR) wherever they appear: by external_id, or by phone for one
     keyed by phone."""
-    storage().erase_person(store_id, external_id, phone(external_id))
+    await storage().erase_person(store_id, external_id, phone(external_id))
     return NoContent(status_code=204)
 
 
 async def list_customers(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
     """List customers (erased ones are gone)."""
-    return reads.listing("customers", store_id, params)
+    return await reads.listing("customers", store_id, params)
 
 
 async def count_customers(store_id: int, **params: Any) -> Body:
     """Count customers."""
-    return reads.counting("customers", store_id, params)
+    return await reads.counting("customers", store_id, params)
 
 
 async def get_customer(store_id: int, external_id: str) -> Body:
@@ -60,6 +60,6 @@ async def get_customer(store_id: int, external_id: str) -> Body:
     by_id = [("external_id", "=", external_id)]
     number = phone(external_id)
     if number is None:
-        return reads.retrieve("customers", store_id, by_id)
+        return await reads.retrieve("customers", store_id, by_id)
     by_phone = [("external_id", "is null", None), ("phone", "=", number)]
-    return reads.retrieve("customers", store_id, by_id, by_phone)
+    return await reads.retrieve("customers", store_id, by_id, by_phone)

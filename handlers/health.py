@@ -9,7 +9,7 @@ from kanal.records import storage
 async def get_health() -> dict[str, str]:
     """Check that the service is up and its database answers."""
     try:
-        storage().ping()
+        await storage().ping()
     except sqlite3.Error:
         raise error(503, "Database unavailable") from None
     return {"status": "ok"}

@@ -22,31 +22,31 @@ def order_record(body: Body) -> Body:
 
 async def upsert_order(store_id: int, body: Body) -> Response:
     """Create or update an order."""
-    row, created = upsert_linked("orders", store_id, order_record(body))
+    row, created = await upsert_linked("orders", store_id, order_record(body))
     return order_response(row), 201 if created else 200
 
 
 async def update_order(store_id: int, external_id: str, body: Body) -> Response:
     """Update an order's status, tags or metadata."""
     store = storage()
-    with store.transaction():
-        row = store.patch("orders", store_id, external_id, changes(body))
+    async with store.transaction():
+        row = await store.patch("orders", store_id, external_id, changes(body))
         if row is None:
             raise not_found("Order")
-        automations.sync_order(store, current_store.get(), row)
+        await automations.sync_order(store, current_store.get(), row)
     return order_response(row), 200
 
 
 async def list_orders(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
     """List orders."""
-    return reads.listing("orders", store_id, params)
+    return await reads.listing("orders", store_id, params)
 
 
 async def count_orders(store_id: int, **params: Any) -> Body:
     """Count orders."""
-    return reads.counting("orders", store_id, params)
+    return await reads.counting("orders", store_id, params)
 
 
 async def get_order(store_id: int, external_id: str) -> Body:
     """Retrieve an order."""
-    return reads.by_external_id("orders", store_id, external_id)
+    return await reads.by_external_id("orders", store_id, external_id)

@@ -6,21 +6,21 @@ from kanal import automations, reads
 from kanal.auth import current_store
 from kanal.records import Body, Response, require_order, storage
 from kanal.render import shipment_response
-from kanal.storage import Storage
+from kanal.storage import AsyncStorage
 
 
 async def upsert_shipment(store_id: int, body: Body) -> Response:
     """Create or update a shipment linked to an order of the same store."""
     store = storage()
-    with store.transaction():
-        row, created, order = _upsert(store, store_id, body)
-        automations.sync_shipping(store, current_store.get(), row, order)
+    async with store.transaction():
+        row, created, order = await _upsert(store, store_id, body)
+        await automations.sync_shipping(store, current_store.get(), row, order)
     return shipment_response(row), 201 if created else 200
 
 
-def _upsert(store: Storage, store_id: int, body: Body) -> tuple[Body, bool, Body]:
-    order = require_order(store_id, body["order_external_id"])
-    row, created = store.upsert(
+async def _upsert(store: AsyncStorage, store_id: int, body: Body) -> tuple[Body, bool, Body]:
+    order = await require_order(store_id, body["order_external_id"])
+    row, created = await store.upsert(
         "shipments",
         store_id,
         {
@@ -39,14 +39,14 @@ def _upsert(store: Storage, store_id: int, body: Body) -> tuple[Body, bool, Body
 
 async def list_shipments(store_id: int, **params: Any) -> tuple[Body, int, dict[str, str]]:
     """List shipments."""
-    return reads.listing("shipments", store_id, params)
+    return await reads.listing("shipments", store_id, params)
 
 
 async def count_shipments(store_id: int, **params: Any) -> Body:
     """Count shipments."""
-    return reads.counting("shipments", store_id, params)
+    return await reads.counting("shipments", store_id, params)
 
 
 async def get_shipment(store_id: int, external_id: str) -> Body:
     """Retrieve a shipment."""
-    return reads.by_external_id("shipments", store_id, external_id)
+    return await reads.by_external_id("shipments", store_id, external_id)

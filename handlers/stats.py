@@ -6,4 +6,4 @@ from kanal.records import Body
 
 async def get_recovery_stats(store_id: int, from_: str, to: str) -> Body:
     """Recovery statistics of the checkouts and carts abandoned in [from, to]."""
-    return reads.recovery_stats(store_id, from_, to)
+    return await reads.recovery_stats(store_id, from_, to)

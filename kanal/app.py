@@ -34,7 +34,7 @@ from kanal.auth import AuthMiddleware
 from kanal.operations import OnceApi, OnceRequestValidationMiddleware
 from kanal.ratelimit import RateLimiter, current_limiter
 from kanal.spec import load_spec, resolve
-from kanal.storage import Storage, current
+from kanal.storage import AsyncStorage, Storage, current
 from kanal.stubs import controller_for, snake_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ class PathTable:
 class KanalASGI:
     """The outermost layer: storage for the request, body limit, rate-limit headers."""
 
-    def __init__(self, app: ASGIApp, storage: Storage) -> None:
+    def __init__(self, app: ASGIApp, storage: AsyncStorage) -> None:
         self.app = app
         self.storage = storage
         self.limiter = RateLimiter(storage)
@@ -283,7 +283,7 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
     app.add_error_handler(HTTPException, errors.http_error_handler)
     app.add_error_handler(ProblemException, errors.http_error_handler)
     app.add_error_handler(Exception, errors.server_error_handler)
-    asgi = KanalASGI(app, storage)
+    asgi = KanalASGI(app, AsyncStorage(storage))
     # The spec, validators and routes live as long as the process: keep them out of
     # the garbage collector's scans, which otherwise pause requests (p99).
     gc.freeze()

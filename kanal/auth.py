@@ -55,7 +55,9 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def authorize(store: storage_module.Storage, scope: Scope, store_id: Any) -> dict[str, Any]:
+async def authorize(
+    store: storage_module.AsyncStorage, scope: Scope, store_id: Any
+) -> dict[str, Any]:
     """Check the request's key against the store; returns the store or raises."""
     token = bearer_token(scope)
     if token is None:
@@ -63,7 +65,7 @@ def authorize(store: storage_module.Storage, scope: Scope, store_id: Any) -> dic
     if not TOKEN_PATTERN.fullmatch(token):
         raise error(401, "Invalid API key")
     digest = hash_token(token)
-    key, shop = store.account(digest, store_id if 1 <= store_id <= MAX_STORE_ID else 0)
+    key, shop = await store.account(digest, store_id if 1 <= store_id <= MAX_STORE_ID else 0)
     if key is None or not hmac.compare_digest(key["token_hash"], digest):
         raise error(401, "Invalid API key")
     if shop is None or shop["paused"]:
@@ -89,8 +91,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         store = storage_module.current.get()
-        shop = authorize(store, scope, store_id)
-        decision = current_limiter.get().hit(shop["id"], shop["rate_limit"])
+        shop = await authorize(store, scope, store_id)
+        decision = await current_limiter.get().hit(shop["id"], shop["rate_limit"])
         headers = {
             "X-RateLimit-Limit": str(shop["rate_limit"]),
             "X-RateLimit-Remaining": str(decision.remaining),

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kanal import formats
-from kanal.storage import Storage
+from kanal.storage import AsyncStorage
 
 Row = dict[str, Any]
 
@@ -74,7 +74,7 @@ def _message(
     }
 
 
-def recovery_blocker(storage: Storage, store_id: int, row: Row) -> str | None:
+async def recovery_blocker(storage: AsyncStorage, store_id: int, row: Row) -> str | None:
     """Why a checkout or cart may not get recovery messages now, or None."""
     phone = (row.get("customer") or {}).get("phone")
     if row["recovered_at"] is not None:
@@ -87,16 +87,16 @@ def recovery_blocker(storage: Storage, store_id: int, row: Row) -> str | None:
         return "notifications disabled"
     if phone is None:
         return "no phone (erased)"
-    if storage.opted_out(store_id, phone):
+    if await storage.opted_out(store_id, phone):
         return "contact opted out"
     return None
 
 
-def sync_recovery(storage: Storage, store: Row, table: str, row: Row) -> None:
+async def sync_recovery(storage: AsyncStorage, store: Row, table: str, row: Row) -> None:
     """Bring a checkout's or cart's recovery messages in line with its state."""
-    blocker = recovery_blocker(storage, store["id"], row)
+    blocker = await recovery_blocker(storage, store["id"], row)
     if blocker is not None:
-        storage.cancel_messages(
+        await storage.cancel_messages(
             store["id"], f"cancelled: {blocker}", record=(table, row["id"]), trigger="recovery"
         )
         return
@@ -111,7 +111,9 @@ def sync_recovery(storage: Storage, store: Row, table: str, row: Row) -> None:
         except OverflowError:  # abandoned at the end of time: never due
             continue
         if due <= now:
-            storage.cancel_messages(store["id"], "skipped: due before it was scheduled", key=key)
+            await storage.cancel_messages(
+                store["id"], "skipped: due before it was scheduled", key=key
+            )
             continue
         parameters = {
             "first_name": customer.get("first_name"),
@@ -119,7 +121,7 @@ def sync_recovery(storage: Storage, store: Row, table: str, row: Row) -> None:
             "total_price": row["total_price"],
             "currency": row["currency"],
         }
-        storage.schedule_message(
+        await storage.schedule_message(
             store["id"],
             {
                 **_message(config, "recovery", table, row, customer),
@@ -131,7 +133,7 @@ def sync_recovery(storage: Storage, store: Row, table: str, row: Row) -> None:
         )
 
 
-def sync_shipping(storage: Storage, store: Row, shipment: Row, order: Row) -> None:
+async def sync_shipping(storage: AsyncStorage, store: Row, shipment: Row, order: Row) -> None:
     """One message per (shipment, status) for the statuses the store notifies."""
     config = settings(store)
     status = shipment["status"]
@@ -146,7 +148,7 @@ def sync_shipping(storage: Storage, store: Row, shipment: Row, order: Row) -> No
         "tracking_url": shipment["tracking_url"],
         "carrier": shipment["carrier"],
     }
-    storage.schedule_message(
+    await storage.schedule_message(
         store["id"],
         {
             **_message(config, "shipping", "shipments", shipment, customer),
@@ -158,7 +160,7 @@ def sync_shipping(storage: Storage, store: Row, shipment: Row, order: Row) -> No
     )
 
 
-def sync_order(storage: Storage, store: Row, order: Row) -> None:
+async def sync_order(storage: AsyncStorage, store: Row, order: Row) -> None:
     """The order confirmation, when the store wants one and the order is paid."""
     config = settings(store)
     customer = order.get("customer") or {}
@@ -172,7 +174,7 @@ def sync_order(storage: Storage, store: Row, order: Row) -> None:
         "total_price": order["total_price"],
         "currency": order["currency"],
     }
-    storage.schedule_message(
+    await storage.schedule_message(
         store["id"],
         {
             **_message(config, "order_confirmation", "orders", order, customer),

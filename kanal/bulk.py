@@ -41,7 +41,7 @@ from kanal.checks import BODY_CHECKS, merged
 from kanal.errors import ApiError, ValidationFailed
 from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
-from kanal.storage import Storage, contact_of
+from kanal.storage import AsyncStorage, Storage, contact_of
 from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
@@ -94,7 +94,8 @@ def handler(resource: str) -> Any:
 
 
 def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a handler that never awaits (they do not: SQLite calls are synchronous)."""
+    """Run a coroutine of the API's code to its end at once: over SQLite it never
+    suspends (AsyncStorage runs each operation there and then)."""
     try:
         coroutine.send(None)
     except StopIteration as done:
@@ -254,7 +255,7 @@ def import_file(
         raise ValueError(f"no store {store_id}")
     jobs = default_jobs(path) if jobs is None else jobs
     tokens = (
-        storage_module.current.set(store),
+        storage_module.current.set(AsyncStorage(store)),
         current_store.set(shop),
         current_region.set(shop["region"]),
     )
@@ -319,6 +320,7 @@ class Writer:
 
     def __init__(self, store: Storage, shop: dict[str, Any], resource: str) -> None:
         self.store, self.shop, self.resource = store, shop, resource
+        self.operations = AsyncStorage(store)  # what the API's own code is given
         self.upsert = handler(resource)
         self.check = body_check(resource)
         self.report = Report()
@@ -326,7 +328,8 @@ class Writer:
     def write(self, checked: Checked) -> None:
         self.report.invalid.extend(checked.invalid)
         self.report.invalid.extend(
-            (number, merged(errors, self.check, body)) for number, errors, body in checked.recheck
+            (number, run_sync(merged(errors, self.check, body)))
+            for number, errors, body in checked.recheck
         )
         with self.store.transaction():
             if self.resource == "orders":
@@ -357,10 +360,10 @@ class Writer:
         created = self.store.upsert_many("orders", store_id, columns, rows)
         self.store.touch_contacts(store_id, [contact for _, _, contact in valid])
         written = [dict(zip(columns, values, strict=True)) for values in rows]
-        for record in sets_off(self.store, self.shop, written):
+        for record in run_sync(sets_off(self.operations, self.shop, written)):
             order = self.store.get("orders", store_id, record["external_id"])
             assert order is not None
-            follow_order(self.store, self.shop, order)
+            run_sync(follow_order(self.operations, self.shop, order))
         self.report.created += sum(created)
         self.report.updated += len(created) - sum(created)
 

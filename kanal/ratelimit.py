@@ -21,7 +21,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from kanal.storage import RATE_WINDOW, Storage
+from kanal.storage import RATE_WINDOW, AsyncStorage
 
 #: A process reserves this fraction of a store's limit at a time.
 SHARE = 200
@@ -45,11 +45,11 @@ class _Block:
 class RateLimiter:
     """The rate limits of one process, drawing on the shared windows of ``storage``."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: AsyncStorage) -> None:
         self.storage = storage
         self.blocks: dict[int, _Block] = {}
 
-    def hit(self, store_id: int, limit: int, now: float | None = None) -> Decision:
+    async def hit(self, store_id: int, limit: int, now: float | None = None) -> Decision:
         """Count one request of the store; allowed or not, with what remains."""
         now = time.time() if now is None else now
         block = self.blocks.get(store_id)
@@ -60,7 +60,7 @@ class RateLimiter:
             or (block.permits == 0 and block.taken < limit)
         ):
             wanted = max(1, limit // SHARE)
-            start, granted, taken = self.storage.reserve_permits(store_id, limit, wanted, now)
+            start, granted, taken = await self.storage.reserve_permits(store_id, limit, wanted, now)
             block = self.blocks[store_id] = _Block(limit, start, granted, taken)
         retry_after = max(1, math.ceil(block.window_start + RATE_WINDOW - now))
         if block.permits == 0:

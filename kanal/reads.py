@@ -28,7 +28,7 @@ from kanal.render import (
     order_record,
     shipment_record,
 )
-from kanal.storage import ABANDONED, RECOVERED, Condition, Storage, Where, in_lists
+from kanal.storage import ABANDONED, RECOVERED, AsyncStorage, Condition, Where, in_lists
 
 Render = Callable[[Body], Body]
 NO_CURRENCY = "XXX"  # ISO 4217: "no currency"
@@ -49,13 +49,13 @@ def totals(pairs: list[tuple[str | None, str]]) -> dict[str, str]:
     return {currency: str(total.quantize(formats.CENT)) for currency, total in sorted(sums.items())}
 
 
-def contact_records(store: Storage, store_id: int, rows: list[Body]) -> list[Body]:
+async def contact_records(store: AsyncStorage, store_id: int, rows: list[Body]) -> list[Body]:
     """Contacts with their linked customers and per-currency totals (four queries a page)."""
     phones = [row["phone"] for row in rows]
     if not phones:
         return []
-    customers = store.customer_ids(store_id, phones)
-    money = {table: store.totals(table, store_id, phones) for table in ("orders", *ABANDONED)}
+    customers = await store.customer_ids(store_id, phones)
+    money = {t: await store.totals(t, store_id, phones) for t in ("orders", *ABANDONED)}
     return [
         {
             "id": row["id"],
@@ -114,12 +114,14 @@ class Resource:
             where.append((column, operator, value))
         return where
 
-    def rows(self, store: Storage, store_id: int, where: Where, **page: Any) -> list[Body]:
-        rows = store.select(self.table, store_id, where, cutoff=self.cutoff(), **page)
+    async def rows(
+        self, store: AsyncStorage, store_id: int, where: Where, **page: Any
+    ) -> list[Body]:
+        rows = await store.select(self.table, store_id, where, cutoff=self.cutoff(), **page)
         if self.name == "contacts":
-            return contact_records(store, store_id, rows)
+            return await contact_records(store, store_id, rows)
         if self.recovery:
-            sent = store.notification_state(self.table, [row["id"] for row in rows])
+            sent = await store.notification_state(self.table, [row["id"] for row in rows])
             rows = [{**row, "notifications": sent[row["id"]]} for row in rows]
         assert self.render is not None
         return [self.render(row) for row in rows]
@@ -190,13 +192,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode_cursor(store: Storage, payload: dict[str, Any]) -> str:
+async def encode_cursor(store: AsyncStorage, payload: dict[str, Any]) -> str:
     data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    signature = hmac.new(store.secret(), data, hashlib.sha256).digest()[:16]
+    signature = hmac.new(await store.secret(), data, hashlib.sha256).digest()[:16]
     return f"{_b64(data)}.{_b64(signature)}"
 
 
-def decode_cursor(store: Storage, token: str, resource: str, store_id: int) -> dict[str, Any]:
+async def decode_cursor(
+    store: AsyncStorage, token: str, resource: str, store_id: int
+) -> dict[str, Any]:
     """A cursor this server signed for this resource and store, or a 400."""
     invalid = error(400, "Invalid page_info: use the cursors of the Link header as they are.")
     try:
@@ -204,7 +208,7 @@ def decode_cursor(store: Storage, token: str, resource: str, store_id: int) -> d
         data, signature = _unb64(data_part), _unb64(signature_part)
     except (ValueError, binascii.Error):
         raise invalid from None
-    expected = hmac.new(store.secret(), data, hashlib.sha256).digest()[:16]
+    expected = hmac.new(await store.secret(), data, hashlib.sha256).digest()[:16]
     if not hmac.compare_digest(signature, expected):
         raise invalid
     cursor = json.loads(data)
@@ -216,22 +220,24 @@ def decode_cursor(store: Storage, token: str, resource: str, store_id: int) -> d
 # -- operations -------------------------------------------------------------
 
 
-def retrieve(name: str, store_id: int, *alternatives: Where) -> Body:
+async def retrieve(name: str, store_id: int, *alternatives: Where) -> Body:
     """The first record of the store matching one of ``alternatives``, in order, or
     a 404."""
     resource = RESOURCES[name]
     for where in alternatives:
-        found = resource.rows(storage(), store_id, where, limit=1)
+        found = await resource.rows(storage(), store_id, where, limit=1)
         if found:
             return found[0]
     raise not_found(resource.label)
 
 
-def by_external_id(name: str, store_id: int, external_id: str) -> Body:
-    return retrieve(name, store_id, [("external_id", "=", external_id)])
+async def by_external_id(name: str, store_id: int, external_id: str) -> Body:
+    return await retrieve(name, store_id, [("external_id", "=", external_id)])
 
 
-def listing(name: str, store_id: int, params: dict[str, Any]) -> tuple[Body, int, dict[str, str]]:
+async def listing(
+    name: str, store_id: int, params: dict[str, Any]
+) -> tuple[Body, int, dict[str, str]]:
     """One page of a list, with Shopify's Link header for the neighbouring pages."""
     resource, store = RESOURCES[name], storage()
     limit = params.pop("limit", None) or 50
@@ -241,20 +247,20 @@ def listing(name: str, store_id: int, params: dict[str, Any]) -> tuple[Body, int
     if token is not None:
         if filters:
             raise error(400, "page_info cannot be combined with filters; only limit may change.")
-        cursor = decode_cursor(store, token, name, store_id)
+        cursor = await decode_cursor(store, token, name, store_id)
         filters, direction, boundary = cursor["f"], cursor["d"], cursor["b"]
     where = resource.where(filters)
     page = {"after": boundary} if direction == "next" else {"before": boundary}
-    records = resource.rows(store, store_id, where, limit=limit, **page)
+    records = await resource.rows(store, store_id, where, limit=limit, **page)
     links = []
     if records:
         first, last = records[0]["id"], records[-1]["id"]
         for rel, key, edge in (("previous", "before", first), ("next", "after", last)):
-            more = store.select(
+            more = await store.select(
                 resource.table, store_id, where, cutoff=resource.cutoff(), limit=1, **{key: edge}
             )
             if more:
-                token = encode_cursor(
+                token = await encode_cursor(
                     store,
                     {
                         "r": name,
@@ -272,16 +278,16 @@ def listing(name: str, store_id: int, params: dict[str, Any]) -> tuple[Body, int
     return {name: records}, 200, headers
 
 
-def counting(name: str, store_id: int, params: dict[str, Any]) -> Body:
+async def counting(name: str, store_id: int, params: dict[str, Any]) -> Body:
     resource = RESOURCES[name]
     filters = {key: value for key, value in params.items() if value is not None}
-    count = storage().count(
+    count = await storage().count(
         resource.table, store_id, resource.where(filters), cutoff=resource.cutoff()
     )
     return {"count": count}
 
 
-def recovery_stats(store_id: int, start: str, end: str) -> Body:
+async def recovery_stats(store_id: int, start: str, end: str) -> Body:
     """The figures of the checkouts and carts abandoned in [start, end]: those that were
     abandoned (every status but ``active``), of them the recovered ones (``recovered``,
     ``completed``); the revenue of the orders that recovered them (each order once, in
@@ -289,13 +295,13 @@ def recovery_stats(store_id: int, start: str, end: str) -> Body:
     lo, hi = formats.utc_timestamp(start), formats.utc_timestamp(end)  # to < from: empty period
     where = [("abandoned_at", ">=", lo), ("abandoned_at", "<=", hi), ("status", "!=", "active")]
     store = storage()
-    rows = [row for table in ABANDONED for row in store.select(table, store_id, where)]
+    rows = [row for table in ABANDONED for row in await store.select(table, store_id, where)]
     recovered = [row for row in rows if row["status"] in RECOVERED]
     orders = sorted({r["recovered_order_external_id"] for r in recovered} - {None})
     revenue = [
         (order["currency"], order["total_price"])
         for chunk, _ in in_lists(orders)
-        for order in store.select("orders", store_id, [("external_id", "in", chunk)])
+        for order in await store.select("orders", store_id, [("external_id", "in", chunk)])
     ]
     return {
         "from": lo,

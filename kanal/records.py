@@ -14,13 +14,13 @@ from kanal.auth import current_store
 from kanal.errors import ValidationFailed, not_found
 from kanal.formats import current_region
 from kanal.render import checkout_response
-from kanal.storage import ABANDONED, RECOVERED, Storage, current, customer_fields
+from kanal.storage import ABANDONED, RECOVERED, AsyncStorage, current, customer_fields
 
 Body = dict[str, Any]
 Response = tuple[Body, int]
 
 
-def storage() -> Storage:
+def storage() -> AsyncStorage:
     """The storage of the application serving this request."""
     return current.get()
 
@@ -64,7 +64,7 @@ def changes(body: Body) -> Body:
     return out
 
 
-def upsert_linked(
+async def upsert_linked(
     table: str, store_id: int, record: Body, key: Body | None = None
 ) -> tuple[Body, bool]:
     """Upsert a record that carries a phone, refresh its contact and attribute the
@@ -72,14 +72,14 @@ def upsert_linked(
     recovers one written before it, a checkout or cart is recovered by an order written
     before it (``follow_arrival``). One transaction."""
     store, shop = storage(), current_store.get()
-    with store.transaction():
-        row, created = store.upsert(table, store_id, record, key=key)
-        store.touch_contact(store_id, row.get("customer", row))
+    async with store.transaction():
+        row, created = await store.upsert(table, store_id, record, key=key)
+        await store.touch_contact(store_id, row.get("customer", row))
         if table in ABANDONED:
-            row = follow_arrival(store, table, row)
-            automations.sync_recovery(store, shop, table, row)
-        if table == "orders" and sets_off(store, shop, [row]):
-            follow_order(store, shop, row)
+            row = await follow_arrival(store, table, row)
+            await automations.sync_recovery(store, shop, table, row)
+        if table == "orders" and await sets_off(store, shop, [row]):
+            await follow_order(store, shop, row)
     return row, created
 
 
@@ -103,32 +103,32 @@ def window_end(moment: str, days: int | None = None) -> str:
         return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
-def follow_arrival(store: Storage, table: str, row: Body) -> Body:
+async def follow_arrival(store: AsyncStorage, table: str, row: Body) -> Body:
     """A checkout or cart just POSTed, recovered by the order that completes it when
     that order came first (``Storage.attribute_arrival``); the row as it now stands.
     A replaying POST keeps the status and recovery it has: it never undoes one."""
-    if store.attribute_arrival(table, row, window_end(row["abandoned_at"])) is None:
+    if await store.attribute_arrival(table, row, window_end(row["abandoned_at"])) is None:
         return row
-    return store.get_by_id(table, row["id"])
+    return await store.get_by_id(table, row["id"])
 
 
-def follow_order(store: Storage, shop: Body, order: Body) -> None:
+async def follow_order(store: AsyncStorage, shop: Body, order: Body) -> None:
     """What writing an order sets off: the recovery of the abandoned checkout or cart
     it completes (attribution), and the order confirmation."""
-    recovered = store.attribute(order["store_id"], order, window_start(order["placed_at"]))
+    start = window_start(order["placed_at"])
+    recovered = await store.attribute(order["store_id"], order, start)
     if recovered is not None:
-        automations.sync_recovery(
-            store, shop, recovered["table"], store.get_by_id(recovered["table"], recovered["id"])
-        )
-    automations.sync_order(store, shop, order)
+        row = await store.get_by_id(recovered["table"], recovered["id"])
+        await automations.sync_recovery(store, shop, recovered["table"], row)
+    await automations.sync_order(store, shop, order)
 
 
-def sets_off(store: Storage, shop: Body, records: list[Body]) -> list[Body]:
+async def sets_off(store: AsyncStorage, shop: Body, records: list[Body]) -> list[Body]:
     """Of orders just written, those ``follow_order`` may act on: a phone with an open
     abandoned checkout or cart, or a paid order when the store confirms orders.
     (For the others it would find nothing to do.)"""
     confirms = automations.settings(shop)["order_confirmation"]
-    open_phones = store.phones_with_open_abandoned(
+    open_phones = await store.phones_with_open_abandoned(
         shop["id"], {r["customer_phone"] for r in records if r["customer_phone"]}
     )
     return [
@@ -138,17 +138,17 @@ def sets_off(store: Storage, shop: Body, records: list[Body]) -> list[Body]:
     ]
 
 
-def require_order(store_id: int, external_id: str) -> Body:
+async def require_order(store_id: int, external_id: str) -> Body:
     """The order a shipment points to; a 422 on ``order_external_id`` if missing."""
-    order = storage().get("orders", store_id, external_id)
+    order = await storage().get("orders", store_id, external_id)
     if order is None:
         raise ValidationFailed({"order_external_id": [checks.ORDER_MISSING]})
     return order
 
 
-def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
+async def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
     """POST /checkouts and /carts: replace everything but the lifecycle status."""
-    row, created = upsert_linked(
+    row, created = await upsert_linked(
         table,
         store_id,
         {
@@ -161,7 +161,7 @@ def upsert_abandoned(table: str, store_id: int, body: Body) -> Response:
     return checkout_response(row), 201 if created else 200
 
 
-def update_abandoned(
+async def update_abandoned(
     table: str, label: str, store_id: int, external_id: str, body: Body
 ) -> Response:
     """PATCH /checkouts/{id} and /carts/{id}, following the spec's ``CheckoutStatus``
@@ -176,9 +176,9 @@ def update_abandoned(
     elif status is not None:
         columns.update(recovered_at=None, recovered_order_external_id=None)
     store = storage()
-    with store.transaction():
-        row = store.patch(table, store_id, external_id, columns, unless_set)
+    async with store.transaction():
+        row = await store.patch(table, store_id, external_id, columns, unless_set)
         if row is None:
             raise not_found(label)
-        automations.sync_recovery(store, current_store.get(), table, row)
+        await automations.sync_recovery(store, current_store.get(), table, row)
     return checkout_response(row), 200

@@ -19,7 +19,7 @@ import functools
 import json
 import mmap
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jsonschema_rs
@@ -39,7 +39,7 @@ from jsonschema.validators import extend
 from starlette.types import Receive, Scope
 
 from kanal import formats
-from kanal.checks import merged
+from kanal.checks import Check, merged
 from kanal.errors import ValidationFailed, error
 from kanal.formats import current_region
 from kanal.operations import BODY
@@ -397,7 +397,7 @@ class BodyValidator(AbstractRequestBodyValidator):
     and those of the operation's own checks (``kanal.checks``), in one 422."""
 
     #: The operation's checks beyond the schema (set by the operation that builds this).
-    checks: Callable[[dict[str, Any]], dict[str, list[str]]] | None = None
+    checks: Check | None = None
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         messages = []
@@ -420,7 +420,7 @@ class BodyValidator(AbstractRequestBodyValidator):
         if errors or not fast(self._schema).is_valid(checked):
             found = collect(compiled(self._schema).iter_errors(checked))
             errors = {**found, **errors} if errors else found
-        errors = merged(errors, self.checks, checked)
+        errors = await merged(errors, self.checks, checked)
         if errors:
             raise ValidationFailed(errors)
         scope.setdefault("kanal", {})[BODY] = body  # the handler gets this object

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from kanal import ratelimit
-from kanal.ratelimit import RateLimiter
-from kanal.storage import Storage
+from kanal.bulk import run_sync
+from kanal.ratelimit import Decision, RateLimiter
+from kanal.storage import AsyncStorage, Storage
 
 from .conftest import STORE, Api
 
@@ -51,17 +52,26 @@ def test_rate_limit_comes_before_validation(api: Api, storage: Storage, path: st
     assert api.post(path, {}).status_code == 429
 
 
+def limiter_over(storage: Storage) -> RateLimiter:
+    """A process's limiter over the test's database (as the app builds it)."""
+    return RateLimiter(AsyncStorage(storage))
+
+
+def hit(limiter: RateLimiter, limit: int, now: float) -> Decision:
+    return run_sync(limiter.hit(STORE, limit, now))
+
+
 def test_processes_share_the_window_in_blocks(storage: Storage) -> None:
     """Two processes (two limiters on one database) over a limit of 1,000 a minute:
     each reserves blocks of 5; together they never pass the limit and leave at most
     one block each unspent; then the next window opens."""
     storage.update_store(STORE, {"rate_limit": 1000})
-    first, second = RateLimiter(storage), RateLimiter(storage)
+    first, second = limiter_over(storage), limiter_over(storage)
     now = 5_000_000.0
     allowed = [0, 0]
     for i in range(3000):
         limiter = (first, second)[i % 3 == 0]  # uneven: one process gets twice the traffic
-        decision = limiter.hit(STORE, 1000, now)
+        decision = hit(limiter, 1000, now)
         allowed[limiter is second] += decision.allowed
         assert 0 <= decision.remaining <= 1000
         assert decision.allowed or decision.retry_after == 60
@@ -72,14 +82,14 @@ def test_processes_share_the_window_in_blocks(storage: Storage) -> None:
         ).fetchone()[0]
         <= 1000
     )
-    assert first.hit(STORE, 1000, now + 59.5).retry_after == 1
-    assert first.hit(STORE, 1000, now + 60).allowed  # a new window
-    assert second.hit(STORE, 1000, now + 60).allowed
+    assert hit(first, 1000, now + 59.5).retry_after == 1
+    assert hit(first, 1000, now + 60).allowed  # a new window
+    assert hit(second, 1000, now + 60).allowed
 
 
 def test_a_changed_limit_applies_at_once(storage: Storage) -> None:
-    limiter = RateLimiter(storage)
+    limiter = limiter_over(storage)
     now = 6_000_000.0
-    assert limiter.hit(STORE, 1000, now).allowed  # holds a block of 5 permits
-    assert [limiter.hit(STORE, 1, now).allowed for _ in range(2)] == [False, False]
-    assert limiter.hit(STORE, 2000, now).allowed
+    assert hit(limiter, 1000, now).allowed  # holds a block of 5 permits
+    assert [hit(limiter, 1, now).allowed for _ in range(2)] == [False, False]
+    assert hit(limiter, 2000, now).allowed
