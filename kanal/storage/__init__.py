@@ -1,0 +1,136 @@
+"""Storage: the one package that speaks SQL.
+
+The application awaits the operations of :class:`AsyncStorage` (named after what
+they mean: upsert, patch, get, select with structured filters, count, erase,
+contacts, messages, accounts, rate windows); each engine offers them:
+
+- ``sqlite.py``: the embedded default (sqlite-utils; WAL; in-process), whose
+  synchronous :class:`Storage` the command line, the worker and the tests use too;
+- the PostgreSQL engine (psycopg 3, async, pooled), for deployments that outgrow
+  one machine.
+
+``schema.py`` holds what both store: tables, JSON columns, indexed filters and
+the migrations' numbered steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from kanal.storage.schema import (
+    ABANDONED,
+    DEFAULTS,
+    FILTER_INDEXES,
+    HOLDERS,
+    IN_CHUNK,
+    JSON_COLUMNS,
+    MIGRATIONS,
+    RATE_WINDOW,
+    RECOVERED,
+    RESOURCES,
+    TABLES,
+    Condition,
+    Contact,
+    Where,
+    contact_of,
+    customer_fields,
+    erased_customer,
+    in_lists,
+    to_json,
+)
+from kanal.storage.sqlite import OPERATORS, RECOVERY_STATUS, Storage
+
+__all__ = [
+    "ABANDONED",
+    "DEFAULTS",
+    "FILTER_INDEXES",
+    "HOLDERS",
+    "IN_CHUNK",
+    "JSON_COLUMNS",
+    "MIGRATIONS",
+    "OPERATORS",
+    "RATE_WINDOW",
+    "RECOVERED",
+    "RECOVERY_STATUS",
+    "RESOURCES",
+    "TABLES",
+    "AsyncStorage",
+    "Condition",
+    "Contact",
+    "Storage",
+    "Where",
+    "contact_of",
+    "current",
+    "customer_fields",
+    "erased_customer",
+    "in_lists",
+    "to_json",
+]
+
+
+class AsyncStorage:
+    """The storage as the request path uses it: every operation awaited, a transaction
+    entered with ``async with``. This is the interface an engine offers the
+    application (the PostgreSQL engine's operations suspend while the database
+    works, so a worker's event loop serves other requests meanwhile).
+
+    Over SQLite it is the in-process :class:`Storage`, each operation run at once:
+    nothing suspends inside a transaction, so the one connection of a process is never
+    shared by two requests in the middle of one. ``engine`` is that Storage (the
+    command line, the worker and the tests use it directly).
+    """
+
+    #: The operations, each the Storage method of the same name, awaited.
+    OPERATIONS = (
+        "ping",
+        "upsert",
+        "patch",
+        "get",
+        "get_by_id",
+        "erase_person",
+        "select",
+        "count",
+        "secret",
+        "touch_contact",
+        "phones_with_open_abandoned",
+        "attribute",
+        "attribute_arrival",
+        "totals",
+        "customer_ids",
+        "opted_out",
+        "set_opt_out",
+        "schedule_message",
+        "cancel_messages",
+        "notification_state",
+        "account",
+        "reserve_permits",
+    )
+
+    def __init__(self, engine: Storage) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction (or a part of the enclosing one)."""
+        with self.engine.transaction():
+            yield
+
+
+def _awaited(name: str) -> Any:
+    async def operation(self: AsyncStorage, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.engine, name)(*args, **kwargs)
+
+    operation.__name__ = operation.__qualname__ = name
+    operation.__doc__ = getattr(Storage, name).__doc__
+    return operation
+
+
+for _name in AsyncStorage.OPERATIONS:
+    setattr(AsyncStorage, _name, _awaited(_name))
+
+
+#: The storage of the application serving the current request.
+current: ContextVar[AsyncStorage] = ContextVar("storage")
