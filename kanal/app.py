@@ -8,12 +8,15 @@ rate-limit headers added on the way out.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import gc
+import inspect
 import json
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from kanal.auth import AuthMiddleware
 from kanal.operations import OnceApi, OnceRequestValidationMiddleware
 from kanal.ratelimit import RateLimiter, current_limiter
 from kanal.spec import load_spec, resolve
-from kanal.storage import AsyncStorage, Storage, current
+from kanal.storage import AsyncStorage, Storage, connect, current, is_postgres, open_async
 from kanal.stubs import controller_for, snake_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,14 +138,38 @@ class PathTable:
 class KanalASGI:
     """The outermost layer: storage for the request, body limit, rate-limit headers."""
 
-    def __init__(self, app: ASGIApp, storage: AsyncStorage) -> None:
+    def __init__(self, app: ASGIApp, opener: Callable[[], Awaitable[Any]]) -> None:
         self.app = app
-        self.storage = storage
-        self.limiter = RateLimiter(storage)
+        #: The storage, opened at the first request: a PostgreSQL pool belongs to the
+        #: event loop that serves the requests.
+        self.opener, self.opening = opener, asyncio.Lock()
+        self.storage: Any = None
+        self.limiter: RateLimiter | None = None
         self.documents = contract_documents()
         self.paths = PathTable(load_spec())
 
+    def closing(self, receive: Receive) -> Receive:
+        """``receive`` of the lifespan: at shutdown, the storage's pool is closed first."""
+
+        async def receive_closing() -> Message:
+            message = await receive()
+            close = getattr(self.storage, "close", None)
+            if message["type"] == "lifespan.shutdown" and inspect.iscoroutinefunction(close):
+                await close()
+            return message
+
+        return receive_closing
+
+    async def open(self) -> None:
+        async with self.opening:
+            if self.storage is None:
+                storage = await self.opener()
+                self.limiter, self.storage = RateLimiter(storage), storage
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self.closing(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -172,6 +199,8 @@ class KanalASGI:
             )
             await _send(send, 431, b"application/json", json.dumps({"error": message}).encode())
             return
+        if self.storage is None:
+            await self.open()
         current.set(self.storage)
         current_limiter.set(self.limiter)
         state: dict[str, Any] = {}
@@ -248,9 +277,21 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def create_app(db_path: str | None = None, *, validate_responses: bool = False) -> ASGIApp:
-    """Build the ASGI application over the SQLite database at ``db_path``."""
-    storage = Storage(db_path or os.environ.get("KANAL_DB", DEFAULT_DB))
+def create_app(
+    db_path: str | None = None, *, validate_responses: bool = False, pool_size: int | None = None
+) -> ASGIApp:
+    """Build the ASGI application over ``db_path``: a SQLite file, or a PostgreSQL
+    database (``postgresql://...``, ``pool_size`` connections per process)."""
+    db = db_path or os.environ.get("KANAL_DB", DEFAULT_DB)
+    if is_postgres(db):
+        connect(db, pool_size).close()  # migrated before the first request
+        opener = functools.partial(open_async, db, pool_size)
+    else:
+        storage = AsyncStorage(Storage(db))  # the database is checked and migrated now
+
+        async def opener() -> AsyncStorage:
+            return storage
+
     replaced = {
         SecurityMiddleware: AuthMiddleware,
         RequestValidationMiddleware: OnceRequestValidationMiddleware,
@@ -283,7 +324,7 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
     app.add_error_handler(HTTPException, errors.http_error_handler)
     app.add_error_handler(ProblemException, errors.http_error_handler)
     app.add_error_handler(Exception, errors.server_error_handler)
-    asgi = KanalASGI(app, AsyncStorage(storage))
+    asgi = KanalASGI(app, opener)
     # The spec, validators and routes live as long as the process: keep them out of
     # the garbage collector's scans, which otherwise pause requests (p99).
     gc.freeze()
@@ -292,7 +333,9 @@ def create_app(db_path: str | None = None, *, validate_responses: bool = False) 
 
 def app_from_env() -> ASGIApp:
     """Factory for ``uvicorn --factory`` (used by ``kanal serve --workers N``)."""
+    pool_size = os.environ.get("KANAL_POOL_SIZE")
     return create_app(
         os.environ.get("KANAL_DB", DEFAULT_DB),
         validate_responses=os.environ.get("KANAL_VALIDATE_RESPONSES") == "1",
+        pool_size=int(pool_size) if pool_size else None,
     )

@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 import phonenumbers
+import psycopg
 
 from kanal import auth
 from kanal.app import DEFAULT_DB
-from kanal.storage import Storage
+from kanal.storage import Storage, connect, is_postgres
 
 DEMO_STORE = 123
 #: The key of the seed pages' curl examples, so they work as written on a demo.
@@ -37,7 +38,7 @@ db_option = click.option(
     envvar="KANAL_DB",
     default=DEFAULT_DB,
     show_default=True,
-    help="SQLite database file (env KANAL_DB).",
+    help="SQLite database file, or a postgresql://user:pw@host:port/db URL (env KANAL_DB).",
 )
 
 
@@ -89,7 +90,7 @@ def stores_create(
     db_path: str,
 ) -> None:
     """Create a store."""
-    storage = Storage(db_path)
+    storage = connect(db_path)
     try:
         store = storage.create_store(
             {
@@ -102,7 +103,7 @@ def stores_create(
                 "paused": int(paused),
             }
         )
-    except sqlite3.IntegrityError:
+    except (sqlite3.IntegrityError, psycopg.IntegrityError):
         raise click.ClickException(f"store {store_id} exists already") from None
     click.echo(_describe_store(store))
 
@@ -159,7 +160,7 @@ def stores_update(
     **automation: Any,
 ) -> None:
     """Change a store: name, pause, region, rate limit, attribution window, automations."""
-    storage = Storage(db_path)
+    storage = connect(db_path)
     current = storage.get_store(store_id)
     if current is None:
         raise click.ClickException(f"no store {store_id}")
@@ -228,7 +229,7 @@ def _automations(store: dict[str, Any], options: dict[str, Any]) -> str | None:
 @db_option
 def stores_list(db_path: str) -> None:
     """List stores."""
-    for store in Storage(db_path).list_stores():
+    for store in connect(db_path).list_stores():
         click.echo(_describe_store(store))
 
 
@@ -271,7 +272,7 @@ def keys_create(
     """Create a key; it is printed once, alone on the last line."""
     if (store_id is None) == (team_id is None):
         raise click.UsageError("give exactly one of --store or --team")
-    storage = Storage(db_path)
+    storage = connect(db_path)
     if store_id is not None and storage.get_store(store_id) is None:
         raise click.ClickException(f"no store {store_id}")
     if team_id is not None and not storage.team_exists(team_id):
@@ -304,7 +305,7 @@ def create_key(
                 "team_id": team_id,
             }
         )
-    except sqlite3.IntegrityError:
+    except (sqlite3.IntegrityError, psycopg.IntegrityError):
         raise click.ClickException("that key exists already") from None
     return token
 
@@ -313,7 +314,7 @@ def create_key(
 @db_option
 def keys_list(db_path: str) -> None:
     """List keys (never their tokens)."""
-    for key in Storage(db_path).list_keys():
+    for key in connect(db_path).list_keys():
         scope = (
             f"store={key['store_id']}" if key["store_id"] is not None else f"team={key['team_id']}"
         )
@@ -325,7 +326,7 @@ def keys_list(db_path: str) -> None:
 @db_option
 def keys_revoke(key_id: int, db_path: str) -> None:
     """Delete a key; it stops working at once."""
-    if not Storage(db_path).delete_key(key_id):
+    if not connect(db_path).delete_key(key_id):
         raise click.ClickException(f"no key {key_id}")
     click.echo(f"Revoked key {key_id}.")
 
@@ -339,6 +340,15 @@ server_options = [
 ]
 
 
+pool_size_option = click.option(
+    "--pool-size",
+    type=click.IntRange(1, 200),
+    default=None,
+    help="PostgreSQL connections per process (default 8: a request holds one for its "
+    "transaction only); SQLite has one.",
+)
+
+
 def _with_server_options(func: Any) -> Any:
     for option in reversed(server_options):
         func = option(func)
@@ -348,12 +358,15 @@ def _with_server_options(func: Any) -> Any:
 @main.command()
 @_with_server_options
 @click.option("--with-worker", is_flag=True, help="Also deliver messages, in a thread.")
-def serve(host: str, port: int, workers: int, db_path: str, with_worker: bool) -> None:
+@pool_size_option
+def serve(
+    host: str, port: int, workers: int, db_path: str, with_worker: bool, pool_size: int | None
+) -> None:
     """Run the API server."""
     _check_contract("kanal serve did not start")
     if with_worker:
-        _start_worker_thread(db_path)
-    run_server(db_path, host, port, workers)
+        _start_worker_thread(db_path, pool_size)
+    run_server(db_path, host, port, workers, pool_size)
 
 
 @main.command()
@@ -380,7 +393,10 @@ def serve(host: str, port: int, workers: int, db_path: str, with_worker: bool) -
     help="Seconds a claimed message stays this worker's before others may retry it.",
 )
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
-def worker(db_path: str, interval: float, batch: int, lease: float, once: bool) -> None:
+@pool_size_option
+def worker(
+    db_path: str, interval: float, batch: int, lease: float, once: bool, pool_size: int | None
+) -> None:
     """Deliver due WhatsApp messages from the outbox (several may run at once)."""
     _check_contract("kanal worker did not start")
     import logging
@@ -390,7 +406,7 @@ def worker(db_path: str, interval: float, batch: int, lease: float, once: bool) 
     from kanal.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    delivery = Worker(Storage(db_path), lease_seconds=lease, batch=batch)
+    delivery = Worker(connect(db_path, pool_size), lease_seconds=lease, batch=batch)
     if once:
         total = 0
         while handled := delivery.run_once():
@@ -404,12 +420,12 @@ def worker(db_path: str, interval: float, batch: int, lease: float, once: bool) 
         delivery.run(interval, stop)
 
 
-def _start_worker_thread(db_path: str) -> None:
+def _start_worker_thread(db_path: str, pool_size: int | None = None) -> None:
     import threading
 
     from kanal.worker import Worker
 
-    delivery = Worker(Storage(db_path))
+    delivery = Worker(connect(db_path, pool_size))
     threading.Thread(target=delivery.run, name="kanal-worker", daemon=True).start()
 
 
@@ -422,7 +438,7 @@ def demo(host: str, port: int, workers: int, db_path: str) -> None:
     revoked demo key is never created again.
     """
     _check_contract("kanal demo did not start")
-    storage = Storage(db_path)
+    storage = connect(db_path)
     try:
         key_kept = _set_up_demo(storage, db_path)
     finally:
@@ -493,11 +509,15 @@ def _made_by_unmarked_demo(
     )
 
 
-def run_server(db_path: str, host: str, port: int, workers: int) -> None:
+def run_server(
+    db_path: str, host: str, port: int, workers: int, pool_size: int | None = None
+) -> None:
     import uvicorn
 
-    Storage(db_path).close()  # create or migrate the schema once, before workers start
-    os.environ["KANAL_DB"] = os.path.abspath(db_path)
+    connect(db_path).close()  # create or migrate the schema once, before workers start
+    os.environ["KANAL_DB"] = db_path if is_postgres(db_path) else os.path.abspath(db_path)
+    if pool_size is not None:
+        os.environ["KANAL_POOL_SIZE"] = str(pool_size)
     uvicorn.run(
         "kanal.app:app_from_env",
         factory=True,
@@ -556,7 +576,7 @@ def stubs(check: bool) -> None:
 def migrate(db_path: str) -> None:
     """Create or upgrade the database's schema, then exit (serve and worker also do
     it at start). Versioned and idempotent: every row is kept."""
-    storage = Storage(db_path)  # opening a database migrates it, in one transaction
+    storage = connect(db_path)  # opening a database migrates it, in one transaction
     before, after = storage.migrated
     storage.close()
     was = (
@@ -602,6 +622,11 @@ def import_(
 
     from kanal.bulk import import_file
 
+    if is_postgres(db_path):
+        raise click.ClickException(
+            "kanal import writes through the SQLite engine only for now; on PostgreSQL, "
+            "send the records through the API (POST /{resource})."
+        )
     size = os.path.getsize(file)
     with Progress(
         "[progress.description]{task.description}",

@@ -6,8 +6,12 @@ contacts, messages, accounts, rate windows); each engine offers them:
 
 - ``sqlite.py``: the embedded default (sqlite-utils; WAL; in-process), whose
   synchronous :class:`Storage` the command line, the worker and the tests use too;
-- the PostgreSQL engine (psycopg 3, async, pooled), for deployments that outgrow
-  one machine.
+- ``postgres.py``: the PostgreSQL engine (psycopg 3, async, pooled), for
+  deployments that outgrow one machine; ``blocking.py`` gives it the synchronous
+  face the SQLite engine has.
+
+``connect(db)`` and ``open_async(db)`` choose by ``db``: a path means SQLite, a
+``postgresql://`` URL PostgreSQL.
 
 ``schema.py`` holds what both store: tables, JSON columns, indexed filters and
 the migrations' numbered steps.
@@ -62,11 +66,14 @@ __all__ = [
     "Contact",
     "Storage",
     "Where",
+    "connect",
     "contact_of",
     "current",
     "customer_fields",
     "erased_customer",
     "in_lists",
+    "is_postgres",
+    "open_async",
     "to_json",
 ]
 
@@ -130,6 +137,39 @@ def _awaited(name: str) -> Any:
 
 for _name in AsyncStorage.OPERATIONS:
     setattr(AsyncStorage, _name, _awaited(_name))
+
+
+def is_postgres(db: str) -> bool:
+    """Whether ``--db`` / ``KANAL_DB`` names a PostgreSQL database (libpq's URL form)
+    rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+#: Pooled connections per process on PostgreSQL when ``--pool-size`` is not given: a
+#: request holds one for its transaction only, so a few serve a worker on 2 cores.
+DEFAULT_POOL_SIZE = 8
+
+
+def connect(db: str, pool_size: int | None = None) -> Any:
+    """The synchronous storage of ``db`` (migrated): the SQLite ``Storage`` of a file,
+    or the PostgreSQL engine behind :class:`~kanal.storage.blocking.Blocking`. For the
+    command line, the worker and the tests; ``close()`` it."""
+    if not is_postgres(db):
+        return Storage(db)
+    from kanal.storage.blocking import Blocking
+    from kanal.storage.postgres import PostgresStorage
+
+    return Blocking(lambda: PostgresStorage.open(db, pool_size or DEFAULT_POOL_SIZE))
+
+
+async def open_async(db: str, pool_size: int | None = None) -> Any:
+    """The storage the application awaits (:class:`AsyncStorage` over a SQLite file,
+    the PostgreSQL engine itself for a URL), migrated."""
+    if not is_postgres(db):
+        return AsyncStorage(Storage(db))
+    from kanal.storage.postgres import PostgresStorage
+
+    return await PostgresStorage.open(db, pool_size or DEFAULT_POOL_SIZE)
 
 
 #: The storage of the application serving the current request.
