@@ -1,14 +1,15 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    install into .venv, create demo store 123 and its key (in a new or
 #               empty ./kanal.db only), serve on :8080
-#   make test   install everything (Python and npm tools), lint code and contract,
-#               run pytest, then fuzz the real server with Schemathesis
+#   make test   install everything (Python and npm tools, Debian's postgresql when
+#               missing), lint code and contract, fuzz the real server with
+#               Schemathesis on SQLite and on a throwaway PostgreSQL, then run pytest
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint contract pytest conformance conformance-deep clients install postgres format clean
+.PHONY: run test lint contract pytest conformance conformance-postgres conformance-deep clients install postgres format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -61,11 +62,15 @@ clients: $(STAMP) $(NODE_STAMP)
 conformance: $(STAMP)
 	$(VENV)/bin/python -m conformance.run
 
+# The same, against a fresh database of a throwaway PostgreSQL server.
+conformance-postgres: $(STAMP) postgres
+	$(VENV)/bin/python -m conformance.run --db postgres --reports postgres
+
 # Release depth: hundreds of examples per operation, random seed, no time cap.
 conformance-deep: $(STAMP)
 	$(VENV)/bin/python -m conformance.run --deep
 
-test: lint contract conformance pytest
+test: lint contract conformance conformance-postgres pytest
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -2,11 +2,13 @@
 
     python -m conformance.run              # CI depth: fixed seed, a few minutes
     python -m conformance.run --deep       # release depth: hundreds of examples, no time cap
+    python -m conformance.run --db postgres # the same on a throwaway PostgreSQL server
     python -m conformance.run --url https://staging.example --key KEY --store 42
 
 Locally, the runner creates a fresh SQLite database with store 123 (region FR, a
 rate limit high enough for fuzzing) and a key, starts ``kanal serve`` on a free
-loopback port with response validation on, waits for ``/healthz``, runs
+loopback port with response validation on (``--db postgres``: on a fresh database
+of a throwaway PostgreSQL server instead), waits for ``/healthz``, runs
 Schemathesis with every check and every phase (conformance/schemathesis.toml),
 stops the server and leaves a JUnit XML report (conformance/reports/junit.xml).
 
@@ -23,6 +25,7 @@ It exits with Schemathesis's status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -132,9 +135,10 @@ def start_server(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise SystemExit(f"kanal serve did not come up; see {log}" + (f":\n{said}" if said else ""))
 
 
-def local_kanal(work: Path) -> tuple[str, str]:
-    """A fresh database with store 123 and a key: the key, and the database's path."""
-    db = str(work / "kanal.db")
+def local_kanal(work: Path, db: str | None = None) -> tuple[str, str]:
+    """A fresh database (``db``, else a SQLite file in ``work``) with store 123 and a
+    key: the key, and the database."""
+    db = db or str(work / "kanal.db")
     kanal(
         "stores",
         "create",
@@ -218,6 +222,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-examples", type=int, help="test cases per operation and phase")
     parser.add_argument("--seed", type=int, help="random seed (CI depth: fixed)")
     parser.add_argument(
+        "--db",
+        help="the engine of the local kanal: `postgres` for a throwaway PostgreSQL server "
+        "(or a fresh database on $KANAL_TEST_POSTGRES_URL's), a postgresql:// URL of an "
+        "empty database; default a fresh SQLite file",
+    )
+    parser.add_argument(
         "--reports",
         default=".",
         help="report directory, under conformance/reports/ (default: that directory)",
@@ -248,13 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ("junit.xml", "events.ndjson"):
         (reports / stale).unlink(missing_ok=True)
 
-    server, work = None, None
+    server, work, engine = None, None, contextlib.ExitStack()
+    if args.url is None and args.db == "postgres":
+        from kanal.throwaway import fresh_database
+        from kanal.throwaway import server as postgres
+
+        args.db = engine.enter_context(fresh_database(engine.enter_context(postgres())))
     if args.url is not None:
         check_remote(args.url, args.key, args.store)
         url, key, contract = args.url, args.key, remote_contract(reports, args.store)
     else:
         work = Path(tempfile.mkdtemp(prefix="kanal-conformance-"))
-        key, db = local_kanal(work)
+        key, db = local_kanal(work, args.db)
         port = free_port()
         server = start_server(db, port, reports / "server.log")
         url, contract = f"http://127.0.0.1:{port}", ROOT / "openapi.yaml"
@@ -298,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+        engine.close()
     elapsed = time.monotonic() - started
     cases, failed = summarize(reports / "events.ndjson")
     for phase, count in cases.items():

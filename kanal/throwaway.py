@@ -13,6 +13,7 @@ so when this process is root the cluster belongs to the ``postgres`` user.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 #: Where Debian installs the server binaries, one directory per major version.
 DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 SERVER_USER = "postgres"
+_numbers = itertools.count()
 
 
 class Unavailable(RuntimeError):
@@ -121,6 +123,23 @@ def server(url: str | None = None) -> Iterator[str]:
         return
     with ThrowawayPostgres() as cluster:
         yield cluster.url
+
+
+@contextlib.contextmanager
+def fresh_database(url: str, prefix: str = "kanal") -> Iterator[str]:
+    """A new, empty database on the server of ``url`` (its URL), dropped afterwards."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    name = f"{prefix}_{os.getpid()}_{next(_numbers)}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlsplit(url)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:

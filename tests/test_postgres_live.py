@@ -11,6 +11,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -23,6 +26,8 @@ from .conftest import ROOT, Server
 from .test_pgstore import with_database
 
 _names = itertools.count()
+PHONE = "+33612345678"
+ZERO = "\u0000é"  # U+0000 in free JSON: kept, on both engines
 ORDER = {
     "external_id": "ORDER-1",
     "placed_at": "2026-05-18T10:00:00Z",
@@ -171,3 +176,59 @@ def test_two_workers_send_each_due_message_once(database: str) -> None:
     with psycopg.connect(database) as conn:
         rows = conn.execute("SELECT state, attempts FROM messages").fetchall()
     assert len(rows) == 40 and set(rows) == {("sent", 1)}
+
+
+def masked(value: Any, today: str) -> Any:
+    """A response with the instants the server stamps itself (today's) masked."""
+    if isinstance(value, dict):
+        return {k: masked(v, today) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v, today) for v in value]
+    if isinstance(value, str) and value.startswith(today):
+        return "<now>"
+    return value
+
+
+def test_the_api_answers_alike_on_both_engines(database: str, tmp_path: Path) -> None:
+    """The same requests to a kanal on SQLite and one on PostgreSQL: the same statuses
+    and bodies (key order included), but for the instants each server stamps."""
+    answers, today = [], datetime.now(UTC).date().isoformat()
+    for db in (str(tmp_path / "kanal.db"), database):
+        key = store_and_key(db)
+        headers = {"Authorization": f"Bearer {key}"}
+        host = Server(db).start()
+        try:
+            base = f"{host.url}/api/v1/stores/123"
+            steps = [
+                ("POST", "orders", {**ORDER, "metadata": {"z": ZERO, "a": [1, {"b": None}]}}),
+                ("POST", "orders", {**ORDER, "customer": {"phone": PHONE, "last_name": "\u0000"}}),
+                ("POST", "customers", {"external_id": "C-1", "phone": "0612345678", "tags": ["v"]}),
+                ("POST", "checkouts", {
+                    "external_id": "K-1", "abandoned_at": "2026-05-18T09:00:00Z",
+                    "total_price": 20, "customer": {"phone": "+33612345678"},
+                    "recovery_url": "https://shop.example.com/r/1",
+                }),
+                ("PATCH", "checkouts/K-1", {"status": "completed"}),
+                ("GET", "orders/ORDER-1", None),
+                ("GET", "orders?limit=1&created_at_min=2026-01-01T00:00:00Z", None),
+                ("GET", "checkouts/K-1", None),
+                ("GET", "customers/C-1", None),
+                ("GET", "contacts/%2B33612345678", None),
+                ("GET", "orders/count?financial_status=paid", None),
+                ("GET", "stats/recovery?from=2026-05-01T00:00:00Z&to=2026-05-31T00:00:00Z", None),
+                ("DELETE", "customers/C-1", None),
+                ("GET", "orders/ORDER-1", None),
+            ]  # fmt: skip
+            seen = []
+            for method, path, body in steps:
+                response = httpx.request(method, f"{base}/{path}", json=body, headers=headers)
+                shown = masked(response.json(), today) if response.content else None
+                seen.append((method, path, response.status_code, shown))
+            answers.append(seen)
+        finally:
+            host.stop()
+    sqlite, postgres = answers
+    for left, right in zip(sqlite, postgres, strict=True):
+        assert left == right
+    assert sqlite[1][2] == 422  # U+0000 in a text field, on both
+    assert sqlite[5][3]["metadata"] == {"z": ZERO, "a": [1, {"b": None}]}
