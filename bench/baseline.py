@@ -1,4 +1,5 @@
-"""The bare baseline: Starlette, ``json.loads`` and the same SQLite upsert as kanal,
+"""The bare baseline: Starlette, ``json.loads`` and the same upsert as kanal (SQLite, or
+the PostgreSQL engine when KANAL_DB is a postgresql:// URL),
 with no validation, no auth and no rate limit. What kanal's extra work is measured against.
 
     uvicorn --factory bench.baseline:create_app   (KANAL_DB names the database)
@@ -6,26 +7,41 @@ with no validation, no auth and no rate limit. What kanal's extra work is measur
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kanal.storage import Storage
+from kanal.storage import Storage, is_postgres, open_async
 
 
 def create_app() -> Starlette:
-    storage = Storage(os.environ["KANAL_DB"])
+    db = os.environ["KANAL_DB"]
+    # SQLite: the synchronous Storage, called in place; PostgreSQL: its async engine
+    # (the pool opened at the first request, in the server's event loop).
+    sqlite = None if is_postgres(db) else Storage(db)
+    engine: list[Any] = []
+    opening = asyncio.Lock()
+
+    async def upsert(store_id: int, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if sqlite is not None:
+            return sqlite.upsert("orders", store_id, record)
+        if not engine:
+            async with opening:
+                if not engine:
+                    engine.append(await open_async(db))
+        return await engine[0].upsert("orders", store_id, record)
 
     async def upsert_order(request: Request) -> JSONResponse:
         body = json.loads(await request.body())
         store_id = int(request.path_params["store_id"])
         customer = body["customer"]
-        row, created = storage.upsert(
-            "orders",
+        row, created = await upsert(
             store_id,
             {
                 "external_id": body["external_id"],

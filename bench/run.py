@@ -1,6 +1,7 @@
 """kanal against the bare stack, side by side, under wrk.
 
     .venv/bin/python -m bench.run [--seconds 10] [--rounds 3] [--connections 32] [--workers 1 2]
+    .venv/bin/python -m bench.run --db postgres   # every server on a throwaway PostgreSQL
 
 Needs wrk (Debian: ``apt-get install wrk``). Each server gets a fresh database
 (store 123, a key, no rate limit to speak of), one warm-up run, then the
@@ -14,6 +15,7 @@ baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,14 +29,15 @@ from typing import Any
 import httpx
 
 from kanal.cli import create_key
-from kanal.storage import Storage
+from kanal.storage import connect
+from kanal.throwaway import ThrowawayPostgres, fresh_database
 from tests.conftest import ROOT, free_port
 
 LUA = Path(__file__).with_name("post.lua")
 
 
 def prepare(db: str) -> str:
-    storage = Storage(db)
+    storage = connect(db)
     storage.create_store(
         {
             "id": 123,
@@ -90,7 +93,14 @@ def wrk(port: int, key: str, seconds: int, connections: int) -> dict[str, Any]:
 
 def measure(command: list[str], args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kanal-bench-"))
-    db = str(work / "bench.db")
+    with contextlib.ExitStack() as fresh:
+        db = str(work / "bench.db")
+        if args.postgres is not None:  # a fresh database of the run's server
+            db = fresh.enter_context(fresh_database(args.postgres, "kanal_bench"))
+        return _measure(command, args, work, db)
+
+
+def _measure(command: list[str], args: argparse.Namespace, work: Path, db: str) -> dict[str, Any]:
     key = prepare(db)
     port = free_port()
     proc = start([*command, "--port", str(port)], db, port)
@@ -121,12 +131,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the engine of every server: a fresh SQLite file each, or a fresh database "
+        "each on one throwaway PostgreSQL server (durable: fsync on)",
+    )
     args = parser.parse_args()
+    with contextlib.ExitStack() as cluster:
+        args.postgres = None
+        if args.db == "postgres":
+            args.postgres = cluster.enter_context(ThrowawayPostgres(durable=True)).url
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     python = sys.executable
+    bare = f"bare Starlette + {'PostgreSQL' if args.postgres else 'SQLite'}"
     servers = {
-        "bare Starlette + SQLite": [
+        bare: [
             python,
             "-m",
             "uvicorn",
@@ -160,7 +186,7 @@ def main() -> int:
             print(f"  round {number}: {row(label, result)}", flush=True)
     header = ("server", "req/s", "p50 ms", "p99 ms", "non-2xx", "sockerr", "ratio")
     print("{:<26} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}".format(*header))
-    base = median_round(results["bare Starlette + SQLite"])
+    base = median_round(results[bare])
     for label in servers:
         result = median_round(results[label])
         ratio = "" if label.startswith("bare") else f"{result['rps'] / base['rps']:.2f}"
