@@ -13,6 +13,7 @@ with the content that was acknowledged. Prints each round and the totals; exits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from kanal.throwaway import ThrowawayPostgres
 from tests.conftest import STORE, Server, make_accounts
 from tests.test_crash import writer
 
@@ -78,10 +80,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="a SQLite file, or a throwaway PostgreSQL server (fsync on)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kanal-crash-"))
+    engine = contextlib.ExitStack()
     try:
         db = str(work / "crash.db")
+        if args.db == "postgres":
+            db = engine.enter_context(ThrowawayPostgres(durable=True)).url
         key = make_accounts(db)["store"]
         everything: dict[str, dict[str, Any]] = {}
         total_lost = 0
@@ -100,6 +111,7 @@ def main() -> int:
             f"{args.writers} writers: {len(everything)} acknowledged writes, {total_lost} lost"
         )
     finally:
+        engine.close()
         shutil.rmtree(work, ignore_errors=True)
     return 1 if total_lost else 0
 

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from kanal.app import create_app
 from kanal.cli import create_key
-from kanal.storage import Storage
+from kanal.storage import Storage, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = 123
@@ -25,8 +25,9 @@ OTHER_STORE = 456
 
 
 def make_accounts(db: str) -> dict[str, Any]:
-    """Store 123 (team 7, FR) and store 456 (team 8), a key for each, a team key."""
-    storage = Storage(db)
+    """Store 123 (team 7, FR) and store 456 (team 8), a key for each, a team key (on
+    either engine: ``db`` is a SQLite file or a postgresql:// URL)."""
+    storage = connect(db)
     storage.create_store(
         {
             "id": STORE,
