@@ -21,13 +21,14 @@ Two stages:
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from kanal.checks import BODY_CHECKS, merged
 from kanal.errors import ApiError, ValidationFailed
 from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
-from kanal.storage import AsyncStorage, Storage, contact_of
+from kanal.storage import AsyncStorage, Storage, connect, contact_of
 from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
@@ -91,6 +92,17 @@ def handler(resource: str) -> Any:
         "shipments": shipments,
     }
     return getattr(modules[resource], f"upsert_{resource[:-1]}")
+
+
+async def _enter(operations: Any, shop: dict[str, Any]) -> None:
+    """Set the request's context (its storage, store and region) in the running task."""
+    storage_module.current.set(operations)
+    current_store.set(shop)
+    current_region.set(shop["region"])
+
+
+def _run_now(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return run_sync(make())
 
 
 def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -247,19 +259,28 @@ def import_file(
     jobs: int | None = None,
     progress: Any = None,
 ) -> Report:
-    """Import ``path`` into the store. ``jobs``: checking processes (0: check here)."""
-    store = Storage(db)
+    """Import ``path`` into the store (a SQLite file or a postgresql:// database).
+    ``jobs``: checking processes (0: check here)."""
+    store = connect(db)
     shop = store.get_store(store_id)
     if shop is None:
         store.close()
         raise ValueError(f"no store {store_id}")
     jobs = default_jobs(path) if jobs is None else jobs
+    if isinstance(store, Storage):
+        # SQLite: the API's coroutines never suspend, and run here to their end.
+        operations, run = AsyncStorage(store), _run_now
+    else:
+        # PostgreSQL: they run in the engine's own task, where the transactions the
+        # writer opens hold their connection; the request's context is set there too.
+        operations, run = store.engine, store.call
+        run(functools.partial(_enter, operations, shop))
     tokens = (
-        storage_module.current.set(AsyncStorage(store)),
+        storage_module.current.set(operations),
         current_store.set(shop),
         current_region.set(shop["region"]),
     )
-    writer = Writer(store, shop, resource)
+    writer = Writer(store, shop, resource, operations, run)
     started = time.perf_counter()
     try:
         with Path(path).open("rb") as stream:
@@ -318,9 +339,17 @@ def _checked(
 class Writer:
     """Writes checked chunks into one store, one transaction a chunk."""
 
-    def __init__(self, store: Storage, shop: dict[str, Any], resource: str) -> None:
+    def __init__(
+        self,
+        store: Any,
+        shop: dict[str, Any],
+        resource: str,
+        operations: Any,
+        run: Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any],
+    ) -> None:
         self.store, self.shop, self.resource = store, shop, resource
-        self.operations = AsyncStorage(store)  # what the API's own code is given
+        #: What the API's own code is given, and how its coroutines are run.
+        self.operations, self.run = operations, run
         self.upsert = handler(resource)
         self.check = body_check(resource)
         self.report = Report()
@@ -328,7 +357,7 @@ class Writer:
     def write(self, checked: Checked) -> None:
         self.report.invalid.extend(checked.invalid)
         self.report.invalid.extend(
-            (number, run_sync(merged(errors, self.check, body)))
+            (number, self.run(functools.partial(merged, errors, self.check, body)))
             for number, errors, body in checked.recheck
         )
         with self.store.transaction():
@@ -360,17 +389,17 @@ class Writer:
         created = self.store.upsert_many("orders", store_id, columns, rows)
         self.store.touch_contacts(store_id, [contact for _, _, contact in valid])
         written = [dict(zip(columns, values, strict=True)) for values in rows]
-        for record in run_sync(sets_off(self.operations, self.shop, written)):
+        for record in self.run(functools.partial(sets_off, self.operations, self.shop, written)):
             order = self.store.get("orders", store_id, record["external_id"])
             assert order is not None
-            run_sync(follow_order(self.operations, self.shop, order))
+            self.run(functools.partial(follow_order, self.operations, self.shop, order))
         self.report.created += sum(created)
         self.report.updated += len(created) - sum(created)
 
     def _one(self, number: int, body: dict[str, Any]) -> None:
         try:
             with self.store.savepoint():
-                _, status = run_sync(self.upsert(self.shop["id"], body))
+                _, status = self.run(functools.partial(self.upsert, self.shop["id"], body))
         except ValidationFailed as exc:
             self.report.invalid.append((number, exc.body["errors"]))
             return

@@ -622,11 +622,6 @@ def import_(
 
     from kanal.bulk import import_file
 
-    if is_postgres(db_path):
-        raise click.ClickException(
-            "kanal import writes through the SQLite engine only for now; on PostgreSQL, "
-            "send the records through the API (POST /{resource})."
-        )
     size = os.path.getsize(file)
     with Progress(
         "[progress.description]{task.description}",

@@ -232,3 +232,61 @@ def test_the_api_answers_alike_on_both_engines(database: str, tmp_path: Path) ->
         assert left == right
     assert sqlite[1][2] == 422  # U+0000 in a text field, on both
     assert sqlite[5][3]["metadata"] == {"z": ZERO, "a": [1, {"b": None}]}
+
+
+def test_kanal_import_gives_the_same_database_on_both_engines(
+    database: str, tmp_path: Path
+) -> None:
+    """`kanal import` on PostgreSQL: the same rows as on SQLite (checkouts first, then
+    the orders that recover them, then shipments with a bad line and an unknown order)."""
+    import json
+
+    files = {
+        "checkouts": [
+            {
+                "external_id": f"K-{n}",
+                "abandoned_at": "2026-05-18T09:00:00Z",
+                "total_price": 5,
+                "customer": {"phone": f"+336123400{n:02d}"},
+                "recovery_url": "https://shop.example.com/r",
+            }
+            for n in range(30)
+        ],
+        "orders": [
+            {
+                "external_id": f"O-{n}",
+                "placed_at": "2026-05-18T10:00:00Z",
+                "total_price": 10 + n % 7,
+                "customer": {"external_id": f"C-{n % 40}", "phone": f"+336123400{n % 40:02d}"},
+            }
+            for n in range(120)
+        ],
+        "shipments": [
+            {"external_id": f"S-{n}", "order_external_id": f"O-{n}", "status": "in_transit"}
+            for n in range(10)
+        ]
+        + [{"external_id": "S-X", "order_external_id": "NOPE", "status": "lost"}],
+    }
+    today = datetime.now(UTC).date().isoformat()
+    tables = []
+    for db in (str(tmp_path / "kanal.db"), database):
+        store_and_key(db)
+        for resource, records in files.items():
+            path = tmp_path / f"{resource}.jsonl"
+            path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+            done = kanal("import", str(path), "--store", "123", "--resource", resource, "--db", db)
+            assert done.returncode == (1 if resource == "shipments" else 0), done.stderr
+            assert "Traceback" not in done.stderr
+        storage = connect(db)
+        try:
+            tables.append(
+                {
+                    table: masked(storage.select(table, 123), today)
+                    for table in ("orders", "checkouts", "contacts", "shipments", "messages")
+                }
+            )
+        finally:
+            storage.close()
+    sqlite, postgres = tables
+    assert sqlite == postgres
+    assert sum(row["status"] == "recovered" for row in postgres["checkouts"]) == 30
