@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,10 +19,9 @@ import psycopg
 import pytest
 
 from kanal.storage import connect
-from kanal.throwaway import server
+from kanal.throwaway import fresh_database, server
 
 from .conftest import ROOT, Server
-from .test_pgstore import with_database
 
 _names = itertools.count()
 PHONE = "+33612345678"
@@ -45,12 +43,8 @@ def cluster() -> Iterator[str]:
 
 @pytest.fixture
 def database(cluster: str) -> Iterator[str]:
-    name = f"kanal_live_{os.getpid()}_{next(_names)}"
-    with psycopg.connect(cluster, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(cluster, name)
-    with psycopg.connect(cluster, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(cluster, "kanal_live") as url:
+        yield url
 
 
 def kanal(*args: str) -> subprocess.CompletedProcess[str]:
