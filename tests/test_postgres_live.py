@@ -284,3 +284,59 @@ def test_kanal_import_gives_the_same_database_on_both_engines(
     sqlite, postgres = tables
     assert sqlite == postgres
     assert sum(row["status"] == "recovered" for row in postgres["checkouts"]) == 30
+
+
+def every_row(database: str) -> str:
+    """Every row of every table of the PostgreSQL database, as text."""
+    with psycopg.connect(database) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        return "\n".join(
+            repr(row) for table in tables for row in conn.execute(f'SELECT * FROM "{table}"')
+        )
+
+
+def test_erasure_erases_the_person_on_postgresql(database: str) -> None:
+    """Issue 11's rule on the second engine: the person embedded by external_id is gone
+    from reads, the outbox and every row; someone sharing the phone keeps their data."""
+    key = store_and_key(database)
+    headers = {"Authorization": f"Bearer {key}"}
+    host = Server(database).start()
+    try:
+        base = f"{host.url}/api/v1/stores/123"
+        alicia = {"external_id": "CA", "phone": PHONE, "first_name": "Alicia", "email": "a@x.test"}
+        bernard = {"external_id": "CB", "phone": PHONE, "first_name": "Bernard"}
+        for customer, suffix in ((alicia, "A"), (bernard, "B")):
+            order = {**ORDER, "external_id": f"O-{suffix}", "customer": customer}
+            assert httpx.post(f"{base}/orders", json=order, headers=headers).status_code == 201
+            checkout = {
+                "external_id": f"K-{suffix}",
+                "abandoned_at": datetime.now(UTC).isoformat(),
+                "total_price": 20,
+                "customer": customer,
+                "recovery_url": "https://shop.example.com/r",
+            }
+            assert httpx.post(f"{base}/checkouts", json=checkout, headers=headers).is_success
+        assert "Alicia" in every_row(database)
+        assert httpx.delete(f"{base}/customers/CA", headers=headers).status_code == 204
+        for text in ("Alicia", "a@x.test", "CA'"):
+            assert text not in every_row(database)
+        erased = httpx.get(f"{base}/orders/O-A", headers=headers).json()["customer"]
+        assert set(erased.values()) == {None}
+        kept = httpx.get(f"{base}/orders/O-B", headers=headers).json()["customer"]
+        assert kept["first_name"] == "Bernard" and kept["phone"] == PHONE
+        contact = httpx.get(f"{base}/contacts/%2B33612345678", headers=headers).json()
+        assert contact["first_name"] == "Bernard"
+        messages = httpx.get(f"{base}/messages", headers=headers).json()["messages"]
+        mine = [m for m in messages if m["record_external_id"] == "K-A"]
+        assert mine and all(m["state"] == "cancelled" for m in mine)
+        assert {m["cancelled_reason"] for m in mine} == {"erased"}
+        assert all(m["contact_phone"] is None and m["parameters"] is None for m in mine)
+        theirs = [m for m in messages if m["record_external_id"] == "K-B"]
+        assert theirs and all(m["state"] == "scheduled" for m in theirs)
+    finally:
+        host.stop()
