@@ -18,8 +18,8 @@ import pytest
 from kanal.storage import Storage
 
 from .conftest import STORE, Api
+from .test_recovery import PHONE, abandon, iso, place
 
-PHONE = "+33612345678"
 OTHER_PHONE = "+33699999999"
 T0 = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 STATUSES = ("active", "abandoned", "recovered", "completed", "expired")
@@ -31,47 +31,6 @@ MACHINE = {
     "completed": ("recovered", True, False),
     "expired": ("not_recovered", False, False),
 }
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def abandon(
-    api: Api,
-    resource: str,
-    name: str,
-    at: datetime,
-    phone: str = PHONE,
-    expect: int | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    body = {
-        "external_id": name,
-        "abandoned_at": iso(at),
-        "total_price": 49.9,
-        "currency": "EUR",
-        "recovery_url": "https://shop.example.com/r",
-        "customer": {"phone": phone, "first_name": "Marie"},
-        **extra,
-    }
-    response = api.post(resource, body)
-    assert response.status_code in ((expect,) if expect else (200, 201)), response.text
-    return response.json()
-
-
-def place(api: Api, name: str, at: datetime, phone: str = PHONE, **extra: Any) -> dict[str, Any]:
-    body = {
-        "external_id": name,
-        "placed_at": iso(at),
-        "total_price": 59.9,
-        "currency": "EUR",
-        "customer": {"phone": phone, "last_name": "Durand"},
-        **extra,
-    }
-    response = api.post("orders", body)
-    assert response.status_code in (200, 201), response.text
-    return response.json()
 
 
 def patch(api: Api, path: str, body: dict[str, Any]) -> dict[str, Any]:

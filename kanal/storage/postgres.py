@@ -987,25 +987,16 @@ class PostgresStorage:
         return f"SELECT * {source} ORDER BY id {order} LIMIT %s::bigint", [*params, rows]
 
     async def select(
-        self,
-        table: str,
-        store_id: int,
-        where: Where = (),
-        *,
-        cutoff: str | None = None,
-        after: int | None = None,
-        before: int | None = None,
-        limit: int | None = None,
+        self, table: str, store_id: int, where: Where = (), **page: Any
     ) -> list[dict[str, Any]]:
         """Rows of one store matching ``where`` (``(column, operator, value)``, operators
         ``=``, ``!=``, ``>``, ``>=``, ``<``, ``<=``, ``in`` (a list), ``is null``), by
         id: after ``after`` ascending, or the last ``limit`` before ``before`` (still
-        returned ascending). ``cutoff`` adds ``recovery_status``."""
-        sql, params = self.select_sql(
-            table, store_id, where, cutoff=cutoff, after=after, before=before, limit=limit
-        )
+        returned ascending). ``page`` takes :meth:`select_sql`'s keywords (``cutoff``
+        adds ``recovery_status``)."""
+        sql, params = self.select_sql(table, store_id, where, **page)
         rows = await self._all(sql, params)
-        return rows[::-1] if before is not None else rows
+        return rows[::-1] if page.get("before") is not None else rows
 
     async def count(
         self, table: str, store_id: int, where: Where = (), *, cutoff: str | None = None
