@@ -116,13 +116,16 @@ class Engine:
         self.store = store
 
     async def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "get_customer" and isinstance(self.store, Storage):
-            # What handlers/customers.py does on SQLite: by external_id, else by phone.
+        if name == "get_customer":
+            # What handlers/customers.py does, on either engine: by external_id, else by
+            # phone for a customer keyed by phone.
             store_id, key, phone = args
-            found = self.store.select("customers", store_id, [("external_id", "=", key)], limit=1)
+            found = await self(
+                "select", "customers", store_id, [("external_id", "=", key)], limit=1
+            )
             if not found and phone is not None:
                 by_phone = [("external_id", "is null", None), ("phone", "=", phone)]
-                found = self.store.select("customers", store_id, by_phone, limit=1)
+                found = await self("select", "customers", store_id, by_phone, limit=1)
             return found[0] if found else None
         result = getattr(self.store, name)(*args, **kwargs)
         return await result if inspect.isawaitable(result) else result

@@ -783,18 +783,6 @@ class PostgresStorage:
             (store_id, external_id),
         )
 
-    async def get_customer(
-        self, store_id: int, key: str, phone: str | None
-    ) -> dict[str, Any] | None:
-        """The live customer whose external_id is ``key``, else the one keyed by
-        ``phone`` (no external_id): how the API finds a customer to read or erase."""
-        return await self._one(
-            "SELECT * FROM customers WHERE store_id = %s::bigint AND deleted_at IS NULL "
-            "AND (external_id = %s::text OR (external_id IS NULL AND phone = %s::text)) "
-            "ORDER BY external_id IS NULL, id LIMIT 1",
-            (store_id, key, phone),
-        )
-
     # -- erasure ------------------------------------------------------------------
 
     async def erase_person(self, store_id: int, external_id: str, phone: str | None) -> bool:
