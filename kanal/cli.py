@@ -406,18 +406,22 @@ def worker(
     from kanal.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    delivery = Worker(connect(db_path, pool_size), lease_seconds=lease, batch=batch)
-    if once:
-        total = 0
-        while handled := delivery.run_once():
-            total += handled
-        click.echo(f"handled {total} messages")
-        return
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"worker delivering from {db_path}; Ctrl-C to stop")
-    with contextlib.suppress(KeyboardInterrupt):
-        delivery.run(interval, stop)
+    storage = connect(db_path, pool_size)
+    delivery = Worker(storage, lease_seconds=lease, batch=batch)
+    try:
+        if once:
+            total = 0
+            while handled := delivery.run_once():
+                total += handled
+            click.echo(f"handled {total} messages")
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        click.echo(f"worker delivering from {db_path}; Ctrl-C to stop")
+        with contextlib.suppress(KeyboardInterrupt):
+            delivery.run(interval, stop)
+    finally:
+        storage.close()  # on PostgreSQL: the pool's connections, its loop and thread
 
 
 def _start_worker_thread(db_path: str, pool_size: int | None = None) -> None:
@@ -467,6 +471,7 @@ def _set_up_demo(storage: Storage, db_path: str) -> bool:
 
     token_hash = auth.hash_token(DEMO_TOKEN)
     with storage.transaction():
+        storage.lock_accounts()
         if storage.setting(DEMO_MARKER) is None:
             stores, keys = storage.list_stores(), storage.list_keys()
             if not stores and not keys:

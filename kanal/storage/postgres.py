@@ -278,7 +278,7 @@ STEP_SQL: dict[int, str] = {}
 # -- values in and out -----------------------------------------------------------
 
 #: Advisory lock classes (the first key of the two-key form).
-LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT = 7301, 7302, 7303
+LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_ACCOUNTS = 7301, 7302, 7303, 7304
 RECOVERY_STATUS = (
     "CASE WHEN status IN ({}) THEN 'recovered' "
     "WHEN status = 'abandoned' AND abandoned_at >= %s::timestamptz THEN 'abandoned' "
@@ -464,6 +464,14 @@ class PostgresStorage:
             "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_STORE, _lock_key(str(store_id)))
         )
         held.stores.add(store_id)
+
+    async def lock_accounts(self) -> None:
+        """Inside a transaction: hold the accounts (teams, stores, keys, settings)
+        exclusively until it ends, so that two set-ups that look before they write (two
+        ``kanal demo`` starting at once) take turns."""
+        held = self._held.get()
+        if held is not None:
+            await held.conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_ACCOUNTS,))
 
     async def _lock_contact(self, store_id: int, phone: str | None) -> None:
         """Inside a transaction: serialise with the other writers of this contact (see

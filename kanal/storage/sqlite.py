@@ -184,6 +184,10 @@ class Storage:
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
 
+    def lock_accounts(self) -> None:
+        """Inside a transaction: hold the accounts exclusively until it ends (a SQLite
+        write transaction holds the whole database already: nothing more to take)."""
+
     @contextmanager
     def savepoint(self) -> Iterator[sqlite3.Connection]:
         """Inside a transaction: a part that undoes itself alone when it fails."""
