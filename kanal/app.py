@@ -284,7 +284,7 @@ def create_app(
     database (``postgresql://...``, ``pool_size`` connections per process)."""
     db = db_path or os.environ.get("KANAL_DB", DEFAULT_DB)
     if is_postgres(db):
-        connect(db, pool_size).close()  # migrated before the first request
+        connect(db, 1).close()  # migrated before the first request (one connection)
         opener = functools.partial(open_async, db, pool_size)
     else:
         storage = AsyncStorage(Storage(db))  # the database is checked and migrated now

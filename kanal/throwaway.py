@@ -126,15 +126,17 @@ def server(url: str | None = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fresh_database(url: str, prefix: str = "kanal") -> Iterator[str]:
-    """A new, empty database on the server of ``url`` (its URL), dropped afterwards."""
+def fresh_database(url: str, prefix: str = "kanal", template: str | None = None) -> Iterator[str]:
+    """A new database on the server of ``url`` (its URL), dropped afterwards: empty, or
+    a copy of the database named ``template`` (which nobody may be connected to)."""
     from urllib.parse import urlsplit
 
     import psycopg
 
     name = f"{prefix}_{os.getpid()}_{next(_numbers)}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield urlsplit(url)._replace(path=f"/{name}").geturl()
     finally:

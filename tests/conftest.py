@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 from starlette.testclient import TestClient
 
+from kanal import throwaway
 from kanal.app import create_app
 from kanal.cli import create_key
-from kanal.storage import Storage, connect
+from kanal.storage import connect, is_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = 123
@@ -27,7 +33,7 @@ OTHER_STORE = 456
 def make_accounts(db: str) -> dict[str, Any]:
     """Store 123 (team 7, FR) and store 456 (team 8), a key for each, a team key (on
     either engine: ``db`` is a SQLite file or a postgresql:// URL)."""
-    storage = connect(db)
+    storage = connect(db, pool_size=1)
     storage.create_store(
         {
             "id": STORE,
@@ -93,9 +99,117 @@ class Api:
         )
 
 
+#: The engines every test that touches data runs on (the ``db`` fixture's parameter).
+ENGINES = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): reads what only SQLite has (its files, its query plans, "
+        "databases of older versions); runs on the SQLite engine only",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL runs of ``sqlite_only`` tests are deselected (and counted so)."""
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("sqlite_only")
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("engine") == "postgres"
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in set(dropped)]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL server for the session (a throwaway cluster, or
+    ``$KANAL_TEST_POSTGRES_URL``) and the name of a migrated database to copy."""
+    with throwaway.server() as url, throwaway.fresh_database(url, "kanal_template") as template:
+        connect(template).close()  # migrated once; each test copies it
+        yield url, urlsplit(template).path.lstrip("/")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The storage engine of the test's databases."""
+    return str(request.param)
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "kanal.db")
+def new_db(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], str]]:
+    """Makes fresh databases of the test's engine: a SQLite file, or the URL of a new
+    PostgreSQL database (a copy of the migrated template), dropped afterwards."""
+    with contextlib.ExitStack() as made:
+
+        def make(name: str) -> str:
+            if engine == "sqlite":
+                return str(tmp_path / f"{name}.db")
+            url, template = request.getfixturevalue("postgres")
+            return made.enter_context(throwaway.fresh_database(url, "kanal_test", template))
+
+        yield make
+
+
+@pytest.fixture
+def db(new_db: Callable[[str], str]) -> str:
+    """The test's database, on each engine in turn."""
+    return new_db("kanal")
+
+
+def is_sqlite(db: str) -> bool:
+    return not is_postgres(db)
+
+
+class Rows:
+    """Raw reads of a test's database on either engine (``?`` placeholders), for what
+    the API does not show: every row of a table, a message's state."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+
+    def all(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        if is_postgres(self.db):
+            with psycopg.connect(self.db, row_factory=dict_row) as conn:
+                return list(conn.execute(sql.replace("?", "%s"), params))
+        conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
+    def one(self, sql: str, *params: Any) -> dict[str, Any]:
+        (row,) = self.all(sql, *params)
+        return row
+
+    def value(self, sql: str, *params: Any) -> Any:
+        (value,) = self.one(sql, *params).values()
+        return value
+
+    def tables(self) -> list[str]:
+        if is_postgres(self.db):
+            sql = "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema()"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return [row["name"] for row in self.all(sql)]
+
+    def dump(self) -> str:
+        """Every row of every table, as text."""
+        return "\n".join(
+            repr(row) for table in self.tables() for row in self.all(f'SELECT * FROM "{table}"')
+        )
+
+
+@pytest.fixture
+def rows(db: str) -> Rows:
+    return Rows(db)
 
 
 @pytest.fixture
@@ -106,7 +220,8 @@ def keys(db: str) -> dict[str, Any]:
 @pytest.fixture
 def client(db: str, keys: dict[str, Any]) -> Iterator[TestClient]:
     # Responses are validated against openapi.yaml too: a wrong shape fails loudly.
-    with TestClient(create_app(db, validate_responses=True)) as test_client:
+    # One request at a time: a small pool (on PostgreSQL) starts faster.
+    with TestClient(create_app(db, validate_responses=True, pool_size=2)) as test_client:
         yield test_client
 
 
@@ -116,8 +231,9 @@ def api(client: TestClient, keys: dict[str, Any]) -> Api:
 
 
 @pytest.fixture
-def storage(db: str, client: TestClient) -> Iterator[Storage]:
-    store = Storage(db)
+def storage(db: str, client: TestClient) -> Iterator[Any]:
+    """The storage of the test's database, on its engine (synchronous calls)."""
+    store = connect(db)
     yield store
     store.close()
 

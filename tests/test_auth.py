@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 
 from kanal.storage import Storage
 
-from .conftest import OTHER_STORE, STORE, Api
+from .conftest import OTHER_STORE, STORE, Api, Rows
 
 ORDER = {
     "external_id": "ORDER-1",
@@ -84,9 +84,8 @@ def test_auth_comes_before_validation(client: TestClient) -> None:
     assert response.status_code == 401
 
 
-def test_keys_are_stored_hashed(storage: Storage, keys: dict[str, Any]) -> None:
-    rows = storage.conn.execute("SELECT * FROM api_keys").fetchall()
-    dump = repr([dict(r) for r in rows])
+def test_keys_are_stored_hashed(rows: Rows, keys: dict[str, Any]) -> None:
+    dump = repr(rows.all("SELECT * FROM api_keys"))
     for token in keys.values():
         assert len(token) == 24 and token.isalnum()
         assert token not in dump

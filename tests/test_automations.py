@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from kanal import formats
-from kanal.storage import Storage
+from kanal.storage import Storage, connect
 from kanal.worker import Worker
 
 from .conftest import STORE, Api
@@ -70,7 +70,7 @@ def whatsapp(storage: Storage, fake: FakeWhatsApp) -> FakeWhatsApp:
 
 @pytest.fixture
 def worker(db: str, client: Any) -> Iterator[Worker]:
-    store = Storage(db)
+    store = connect(db)
     with httpx.Client(timeout=5) as http:
         yield Worker(store, client=http, rng=random.Random(7))
     store.close()

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from kanal.cli import main
-from kanal.storage import Storage
+from kanal.storage import connect
 
 from .conftest import ROOT, Server
 
@@ -145,7 +145,7 @@ def test_automation_settings(db: str) -> None:
     assert code == 0 and "sender=webhook" in out
     from kanal.automations import settings
 
-    store = Storage(db).get_store(5)
+    store = connect(db).get_store(5)
     assert store is not None
     config = settings(store)
     assert config["recovery_steps"] == [30, 720] and config["order_confirmation"] is True

@@ -9,7 +9,7 @@ from click.testing import CliRunner, Result
 
 from kanal import auth, cli
 from kanal.cli import DEMO_MARKER, DEMO_STORE, DEMO_TOKEN, create_key, main
-from kanal.storage import Storage
+from kanal.storage import Storage, connect
 
 DEMO_HASH = auth.hash_token(DEMO_TOKEN)
 
@@ -27,7 +27,7 @@ def demo(db: str) -> Result:
 
 
 def accounts(db: str) -> tuple[list[dict], list[dict], str | None]:
-    storage = Storage(db)
+    storage = connect(db)
     try:
         return storage.list_stores(), storage.list_keys(), storage.setting(DEMO_MARKER)
     finally:
@@ -76,7 +76,7 @@ def test_refuses_a_real_store_123(db: str, served: list[str]) -> None:
 
 
 def test_refuses_a_database_with_any_other_store(db: str, served: list[str]) -> None:
-    storage = Storage(db)
+    storage = connect(db)
     storage.create_store({"id": 5, "name": "S", "team_id": 7, "region": None, "paused": 0})
     create_key(storage, name="production", store_id=5)
     storage.close()
@@ -104,7 +104,7 @@ def test_revoked_demo_key_is_not_created_again(db: str, served: list[str]) -> No
 
 def test_database_of_the_unmarked_demo_is_adopted(db: str, served: list[str]) -> None:
     # What `kanal demo` created before it marked its databases.
-    storage = Storage(db)
+    storage = connect(db)
     storage.create_store(
         {
             "id": DEMO_STORE,
@@ -126,7 +126,7 @@ def test_database_of_the_unmarked_demo_is_adopted(db: str, served: list[str]) ->
 
 
 def test_unmarked_demo_database_with_another_key_is_refused(db: str, served: list[str]) -> None:
-    storage = Storage(db)
+    storage = connect(db)
     storage.create_store({"id": DEMO_STORE, "name": "Demo shop", "team_id": None, "paused": 0})
     create_key(storage, name="demo", store_id=DEMO_STORE, token=DEMO_TOKEN)
     create_key(storage, name="production", store_id=DEMO_STORE)
@@ -136,8 +136,8 @@ def test_unmarked_demo_database_with_another_key_is_refused(db: str, served: lis
 
 
 def test_two_demos_starting_at_once_create_once(db: str) -> None:
-    Storage(db).close()
-    storages = [Storage(db) for _ in range(4)]
+    connect(db).close()
+    storages = [connect(db) for _ in range(4)]
     start = threading.Barrier(len(storages))
     results: list[bool | BaseException] = []
 

@@ -10,7 +10,6 @@ files for the erased strings, and that another person keeps their data.
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import pytest
 
 from kanal import formats
-from kanal.storage import Storage
+from kanal.storage import Storage, is_postgres
 from kanal.worker import Worker
 
-from .conftest import Api
+from .conftest import Api, Rows
 
 NOW = datetime(2026, 5, 18, 10, 0, tzinfo=UTC)
 
@@ -98,19 +97,11 @@ def get(api: Api, path: str) -> Any:
     return response.status_code, response.json() if response.content else None
 
 
-def every_row(db: str) -> str:
-    """Every row of every table, as text."""
-    conn = sqlite3.connect(db)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return "\n".join(
-            repr(row) for table in tables for row in conn.execute(f"SELECT * FROM [{table}]")
-        )
-    finally:
-        conn.close()
-
-
 def database_bytes(db: str) -> bytes:
+    """The SQLite file and its WAL (on PostgreSQL, the files are the server's and an
+    erased row's old version stays until VACUUM: the rows are checked there)."""
+    if is_postgres(db):
+        return b""
     return b"".join(
         Path(db + suffix).read_bytes() for suffix in ("", "-wal") if Path(db + suffix).exists()
     )
@@ -126,7 +117,7 @@ def reads(api: Api) -> str:
 
 
 def assert_gone(api: Api, db: str, *strings: str) -> None:
-    shown, rows, raw = reads(api), every_row(db), database_bytes(db)
+    shown, rows, raw = reads(api), Rows(db).dump(), database_bytes(db)
     for text in strings:
         assert text not in shown, f"{text!r} still in a read"
         assert text not in rows, f"{text!r} still in a row"
@@ -140,8 +131,8 @@ def strings_of(customer: dict[str, Any]) -> list[str]:
     return [v for v in out if isinstance(v, str)]
 
 
-def messages(storage: Storage) -> list[dict[str, Any]]:
-    return [dict(r) for r in storage.conn.execute("SELECT * FROM messages ORDER BY id")]
+def messages(db: str) -> list[dict[str, Any]]:
+    return Rows(db).all("SELECT * FROM messages ORDER BY id")
 
 
 @pytest.fixture
@@ -161,7 +152,7 @@ def test_a_person_embedded_by_external_id_is_erased_everywhere(
     write_everything(api, "B", paul)
     # Some of Marie's messages have gone out already.
     Worker(shop).run_once()
-    before = messages(shop)
+    before = messages(db)
     assert {m["state"] for m in before} >= {"sent", "scheduled"}
     assert get(api, "contacts/%2B33612345678")[0] == 200
 
@@ -177,22 +168,20 @@ def test_a_person_embedded_by_external_id_is_erased_everywhere(
     assert order["financial_status"] == "paid"
     assert get(api, "shipments/S-A")[1]["status"] == "in_transit"
     # Marie's messages: pending ones cancelled as erased, all without phone or parameters.
-    mine = [
-        m for m in messages(shop) if m["record_external_id"] in ("O-A-1", "O-A-2", "K-A", "S-A")
-    ]
+    mine = [m for m in messages(db) if m["record_external_id"] in ("O-A-1", "O-A-2", "K-A", "S-A")]
     assert mine and all(m["contact_phone"] is None and m["parameters"] is None for m in mine)
     assert all(m["state"] in ("sent", "cancelled") for m in mine)
     assert {m["cancelled_reason"] for m in mine if m["state"] == "cancelled"} == {"erased"}
     # Paul keeps everything, his pending messages included.
     assert get(api, "orders/O-B-1")[1]["customer"]["first_name"] == "Paulus"
     assert get(api, "contacts/%2B33611111111")[1]["first_name"] == "Paulus"
-    his = [m for m in messages(shop) if m["record_external_id"] in ("K-B",)]
+    his = [m for m in messages(db) if m["record_external_id"] in ("K-B",)]
     assert his and all(m["contact_phone"] == "+33611111111" for m in his)
     assert any(m["state"] == "scheduled" for m in his)
     # Idempotent: a second erasure changes nothing.
-    rows = every_row(db)
+    rows = Rows(db).dump()
     assert api.delete("customers/C-EMB").status_code == 204
-    assert every_row(db) == rows
+    assert Rows(db).dump() == rows
 
 
 def test_a_posted_customer_is_erased_with_their_records(api: Api, db: str) -> None:
@@ -264,13 +253,13 @@ def test_a_person_whose_phone_changed_is_erased_under_both_numbers(api: Api, db:
     assert_gone(api, db, "Mobila", "612345678", "687654321", "C-MOVE")
 
 
-def test_unknown_customer_keys_are_not_stored(api: Api, storage: Storage) -> None:
+def test_unknown_customer_keys_are_not_stored(api: Api, storage: Storage, db: str) -> None:
     customer = person("C-X", "+33612345678", "Xena", address="1 rue de la Paix", vat="FR123")
     write_everything(api, "X", customer)
     stored = get(api, "orders/O-X-1")[1]["customer"]
     assert "address" not in stored and "vat" not in stored
     assert stored["first_name"] == "Xena" and stored["phone"] == "+33612345678"
-    assert "1 rue de la Paix" not in every_row(storage.path)
+    assert "1 rue de la Paix" not in Rows(db).dump()
 
 
 # (A literal "%2F" in an id is tried on a real server below: Starlette's TestClient
@@ -379,12 +368,12 @@ def test_erasure_on_a_real_server(server: Any, keys: dict[str, Any], db: str) ->
     assert httpx.get(f"{base}/customers/B%2FC", headers=headers).status_code == 200
     assert httpx.delete(f"{base}/customers/B%2FC", headers=headers).status_code == 204
     assert httpx.get(f"{base}/customers/B%2FC", headers=headers).status_code == 404
-    assert "Servanne" not in every_row(db)
+    assert "Servanne" not in Rows(db).dump()
     literal = {**body, "external_id": "A%2FB", "first_name": "Percentine"}
     assert httpx.post(f"{base}/customers", json=literal, headers=headers).status_code == 201
     assert httpx.get(f"{base}/customers/A%252FB", headers=headers).json()["external_id"] == "A%2FB"
     assert httpx.delete(f"{base}/customers/A%252FB", headers=headers).status_code == 204
-    assert "Percentine" not in every_row(db)
+    assert "Percentine" not in Rows(db).dump()
     refused = httpx.post(
         f"{base}/customers", json={**body, "external_id": "count"}, headers=headers
     )
@@ -394,9 +383,9 @@ def test_erasure_on_a_real_server(server: Any, keys: dict[str, Any], db: str) ->
 def test_records_of_an_erased_person_set_off_nothing_more(api: Api, shop: Storage, db: str) -> None:
     write_everything(api, "A", person("C-GONE", "+33612345678", "Gonzaga"))
     assert api.delete("customers/C-GONE").status_code == 204
-    before = messages(shop)
+    before = messages(db)
     assert api.patch("orders/O-A-1", {"financial_status": "paid"}).status_code == 200
     shipment = {"external_id": "S-A", "order_external_id": "O-A-1", "status": "delivered"}
     assert api.post("shipments", shipment).status_code == 200
     assert api.patch("checkouts/K-A", {"notifications_enabled": True}).status_code == 200
-    assert messages(shop) == before
+    assert messages(db) == before

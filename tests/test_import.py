@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ from starlette.testclient import TestClient
 
 from kanal.app import create_app
 from kanal.cli import main
-from kanal.storage import JSON_COLUMNS, Storage
+from kanal.storage import JSON_COLUMNS, connect
 
-from .conftest import Api
+from .conftest import Api, Rows
 
 ORDER = {
     "placed_at": "2026-05-18T10:00:00Z",
@@ -52,12 +53,12 @@ def test_jsonl_import_reports_bad_lines_and_keeps_the_good(
         .splitlines()[-1]
         .startswith("6 imported (5 created, 1 updated), 2 invalid, in ")
     )
-    storage = Storage(db)
+    storage = connect(db)
     stored = storage.get("orders", 123, "ORDER-1")
-    assert stored is not None and stored["total_price"] == "10.00"  # the later line won
-    assert storage.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 5
-    assert storage.conn.execute("SELECT count(*) FROM contacts").fetchone()[0] == 1
     storage.close()
+    assert stored is not None and stored["total_price"] == "10.00"  # the later line won
+    assert Rows(db).value("SELECT count(*) FROM orders") == 5
+    assert Rows(db).value("SELECT count(*) FROM contacts") == 1
 
 
 def test_json_array_import_and_semantic_checks(
@@ -81,7 +82,7 @@ def test_json_array_import_and_semantic_checks(
     result = run("import", str(shipments), "--store", "123", "--resource", "shipments", "--db", db)
     assert result.exit_code == 1
     assert "line 2: The selected order_external_id is invalid. [order_external_id]" in result.output
-    storage = Storage(db)
+    storage = connect(db)
     assert storage.get("shipments", 123, "S1") is not None  # a bad record undoes only itself
     assert storage.get("shipments", 123, "S2") is None
     storage.close()
@@ -94,7 +95,7 @@ def test_unknown_store_is_an_error(tmp_path: Path, db: str, keys: dict[str, Any]
     assert result.exit_code == 1 and "no store 999" in result.output
 
 
-def test_import_writes_what_the_api_writes(tmp_path: Path) -> None:
+def test_import_writes_what_the_api_writes(tmp_path: Path, new_db: Callable[[str], str]) -> None:
     """The same orders, POSTed one by one and imported in chunks with worker processes,
     leave the same database: orders, contacts, attributed checkouts, scheduled messages.
     The file has what the set path must get right: repeated orders within a chunk
@@ -142,9 +143,9 @@ def test_import_writes_what_the_api_writes(tmp_path: Path) -> None:
     source.write_text("\n".join(lines) + "\n")
 
     def prepared(name: str) -> tuple[str, Api, TestClient]:
-        db = str(tmp_path / name)
+        db = new_db(name)
         keys = make_accounts(db)
-        storage = Storage(db)
+        storage = connect(db)
         storage.update_store(123, {"automations": json.dumps({"order_confirmation": True})})
         storage.close()
         client = TestClient(create_app(db))
@@ -153,9 +154,9 @@ def test_import_writes_what_the_api_writes(tmp_path: Path) -> None:
             assert api.post("checkouts", checkout).status_code == 201
         return db, api, client
 
-    via_api, api, client_a = prepared("api.db")
+    via_api, api, client_a = prepared("api")
     statuses = [api.post("orders", json.loads(line)).status_code for line in lines]
-    via_import, _, client_b = prepared("import.db")
+    via_import, _, client_b = prepared("import")
     report = import_file(str(source), 123, "orders", via_import, batch=50, jobs=2)
     client_a.close()
     client_b.close()
@@ -177,22 +178,20 @@ TIMES = {"inserted_at", "updated_at", "last_activity_at", "next_attempt_at", "cr
 
 def snapshot(db: str) -> dict[str, list[dict[str, Any]]]:
     """Every table the writes touch, without the moments they were written at."""
-    storage = Storage(db)
     tables = {}
     for table in ("orders", "contacts", "checkouts", "messages"):
-        rows = storage.conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
         tables[table] = [
             {
-                key: json.loads(row[key]) if key in JSON_COLUMNS and row[key] else row[key]
-                for key in row.keys()  # noqa: SIM118 (a sqlite3.Row)
+                # JSON as text on SQLite, already parsed by psycopg on PostgreSQL
+                key: json.loads(value) if key in JSON_COLUMNS and isinstance(value, str) else value
+                for key, value in row.items()
                 if key not in TIMES
             }
-            for row in rows
+            for row in Rows(db).all(f"SELECT * FROM {table} ORDER BY id")
         ]
     for message in tables["messages"]:
         if message["trigger"] == "order_confirmation":  # due at once: when it was written
             del message["scheduled_at"]
-    storage.close()
     return tables
 
 

@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from kanal.cli import main
 from kanal.formats import current_region, parse_timestamp, utc_timestamp
 from kanal.spec import load_spec, resolve
-from kanal.storage import Storage
+from kanal.storage import Storage, connect
 from kanal.validation import FORMAT_CHECKER, compiled, fast, has_lone_surrogate
 
-from .conftest import Api
+from .conftest import Api, Rows
 
 LONE = "\ud800"
 LOW = "\udfff"
@@ -271,8 +271,8 @@ def test_valid_json_never_gives_a_500_import_lone_surrogate_is_an_invalid_line(
         assert f"line 2: {UNICODE.format('first_name')} [first_name]" in result.output
         assert "line 3: " + UNICODE_NAME.format("metadata.\\udfff") in result.output
         assert "1 imported" in result.output and "2 invalid" in result.output
-    storage = Storage(db)
-    assert storage.conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 1
+    assert Rows(db).value("SELECT count(*) FROM customers") == 1
+    storage = connect(db)
     stored = storage.get("customers", 123, "C-1")
     assert stored is not None and stored["first_name"] == "\U0001f600"
     storage.close()

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from kanal.storage import Storage
+from kanal.storage import connect
 
-from .conftest import STORE, Server
+from .conftest import STORE, Rows, Server
 
 ORDER = {
     "external_id": "ORDER-RACE",
@@ -42,14 +42,11 @@ def test_identical_concurrent_posts_leave_one_row_and_one_201(
     responses = post_many(two_workers, keys["store"], [ORDER] * 20)
     assert Counter(r.status_code for r in responses) == {201: 1, 200: 19}
     assert len({r.text for r in responses}) == 1
-    storage = Storage(db)
-    count = storage.conn.execute("SELECT count(*) FROM orders").fetchone()[0]
-    storage.close()
-    assert count == 1
+    assert Rows(db).value("SELECT count(*) FROM orders") == 1
 
 
 def test_rate_limit_holds_across_workers(db: str, keys: dict[str, Any]) -> None:
-    storage = Storage(db)
+    storage = connect(db)
     storage.update_store(STORE, {"rate_limit": 25})
     storage.close()
     srv = Server(db, workers=2).start()

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from kanal import formats
 from kanal.cli import main
-from kanal.storage import Storage
+from kanal.storage import Storage, connect
 from kanal.worker import Worker
 
-from .conftest import OTHER_STORE, STORE, Api
+from .conftest import OTHER_STORE, STORE, Api, Rows
 from .fake_whatsapp import FakeWhatsApp
 from .test_automations import PHONE, T0, Clock, checkout, configure
 
@@ -59,7 +59,7 @@ def whatsapp(storage: Storage) -> Iterator[FakeWhatsApp]:
 
 @pytest.fixture
 def worker(db: str, client: Any) -> Iterator[Worker]:
-    store = Storage(db)
+    store = connect(db)
     with httpx.Client(timeout=5) as http:
         yield Worker(store, client=http, rng=random.Random(7))
     store.close()
@@ -80,14 +80,13 @@ def open_for_writes(storage: Storage) -> Iterator[None]:
         pause(storage)
 
 
-def outbox(storage: Storage, store: int = STORE) -> list[tuple[str, str, str | None]]:
+def outbox(db: str, store: int = STORE) -> list[tuple[str, str, str | None]]:
     """(step, state, cancelled_reason) of the store's messages, read past the API
     (which answers 404 while the store is paused)."""
-    rows = storage.conn.execute(
-        "SELECT step, state, cancelled_reason FROM messages WHERE store_id = ? ORDER BY id",
-        (store,),
+    rows = Rows(db).all(
+        "SELECT step, state, cancelled_reason FROM messages WHERE store_id = ? ORDER BY id", store
     )
-    return [(row[0], row[1], row[2]) for row in rows]
+    return [tuple(row.values()) for row in rows]
 
 
 def shipment(api: Api, status: str) -> None:
@@ -116,27 +115,28 @@ def test_a_paused_store_s_messages_wait_then_go_out_when_it_is_active(
     whatsapp: FakeWhatsApp,
     worker: Worker,
     storage: Storage,
+    db: str,
 ) -> None:
     checkout(api)
     checkout(Api(api.client, keys["other"], OTHER_STORE))
     clock.move(hours=1)  # step 1 of both is due
     pause(storage)
     assert worker.run_once() == 1  # the other store's message only
-    assert outbox(storage, OTHER_STORE)[0][1] == "sent"
+    assert outbox(db, OTHER_STORE)[0][1] == "sent"
     clock.move(hours=1)
     assert worker.run_once() == 0
-    assert outbox(storage) == [
+    assert outbox(db) == [
         ("recovery_1", "scheduled", None),  # waiting, not cancelled
         ("recovery_2", "scheduled", None),
     ]
     pause(storage, False)
     assert worker.run_once() == 1
-    assert outbox(storage)[0] == ("recovery_1", "sent", None)
+    assert outbox(db)[0] == ("recovery_1", "sent", None)
     assert len(whatsapp.requests) == 2
 
 
 def test_a_lapsed_lease_of_a_paused_store_waits_too(
-    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage
+    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage, db: str
 ) -> None:
     checkout(api)
     clock.move(hours=1)
@@ -147,12 +147,14 @@ def test_a_lapsed_lease_of_a_paused_store_waits_too(
     assert worker.run_once() == 0
     pause(storage, False)
     assert worker.run_once() == 1
-    state, attempts = storage.conn.execute("SELECT state, attempts FROM messages").fetchone()
+    state, attempts = (
+        Rows(db).one("SELECT state, attempts FROM messages ORDER BY id LIMIT 1").values()
+    )
     assert (state, attempts) == ("sent", 2) and len(whatsapp.requests) == 1
 
 
 def test_a_store_paused_after_the_claim_gets_its_message_back_untried(
-    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage
+    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage, db: str
 ) -> None:
     checkout(api)
     clock.move(hours=1)
@@ -160,15 +162,17 @@ def test_a_store_paused_after_the_claim_gets_its_message_back_untried(
     (claimed,) = storage.claim_messages(clock.now.isoformat(), lease, batch=10)
     pause(storage)
     worker.deliver(claimed, lease)
-    state, attempts = storage.conn.execute("SELECT state, attempts FROM messages").fetchone()
+    state, attempts = (
+        Rows(db).one("SELECT state, attempts FROM messages ORDER BY id LIMIT 1").values()
+    )
     assert (state, attempts) == ("scheduled", 0) and not whatsapp.requests
     pause(storage, False)
     assert worker.run_once() == 1
-    assert outbox(storage)[0] == ("recovery_1", "sent", None)
+    assert outbox(db)[0] == ("recovery_1", "sent", None)
 
 
 def test_a_shipment_that_moved_on_while_paused_skips_the_old_status(
-    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage
+    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage, db: str
 ) -> None:
     order(api)
     shipment(api, "in_transit")
@@ -180,7 +184,7 @@ def test_a_shipment_that_moved_on_while_paused_skips_the_old_status(
     assert worker.run_once() == 0
     pause(storage, False)
     assert worker.run_once() == 2
-    assert outbox(storage) == [
+    assert outbox(db) == [
         ("shipping_in_transit", "cancelled", "skipped: shipment is now delivered"),
         ("shipping_delivered", "sent", None),
     ]
@@ -189,7 +193,7 @@ def test_a_shipment_that_moved_on_while_paused_skips_the_old_status(
 
 
 def test_paused_past_the_attribution_window_skips_recovery(
-    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage
+    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage, db: str
 ) -> None:
     checkout(api)
     pause(storage)
@@ -197,7 +201,7 @@ def test_paused_past_the_attribution_window_skips_recovery(
     assert worker.run_once() == 0
     pause(storage, False)
     assert worker.run_once() == 2
-    assert outbox(storage) == [
+    assert outbox(db) == [
         ("recovery_1", "cancelled", SKIPPED_WINDOW),
         ("recovery_2", "cancelled", SKIPPED_WINDOW),
     ]
@@ -205,7 +209,7 @@ def test_paused_past_the_attribution_window_skips_recovery(
 
 
 def test_a_step_set_at_the_window_s_end_still_goes(
-    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage
+    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage, db: str
 ) -> None:
     storage.update_store(STORE, {"attribution_days": 1})  # step 2 is due as the window closes
     checkout(api)
@@ -213,12 +217,12 @@ def test_a_step_set_at_the_window_s_end_still_goes(
     assert worker.run_once() == 1
     clock.now = T0 + timedelta(days=1, minutes=1)  # a minute late, a minute past the window
     assert worker.run_once() == 1
-    assert outbox(storage) == [("recovery_1", "sent", None), ("recovery_2", "sent", None)]
+    assert outbox(db) == [("recovery_1", "sent", None), ("recovery_2", "sent", None)]
     assert len(whatsapp.requests) == 2
 
 
 def test_only_the_latest_due_recovery_step_goes(
-    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage
+    api: Api, clock: Clock, whatsapp: FakeWhatsApp, worker: Worker, storage: Storage, db: str
 ) -> None:
     checkout(api)
     pause(storage)
@@ -226,7 +230,7 @@ def test_only_the_latest_due_recovery_step_goes(
     assert worker.run_once() == 0
     pause(storage, False)
     assert worker.run_once() == 2
-    assert outbox(storage) == [
+    assert outbox(db) == [
         ("recovery_1", "cancelled", "skipped: recovery_2 is due too"),
         ("recovery_2", "sent", None),
     ]
@@ -239,6 +243,7 @@ def test_an_order_confirmation_waits_a_day_at_most(
     clock: Clock,
     worker: Worker,
     storage: Storage,
+    db: str,
     hours: int,
     state: str,
 ) -> None:
@@ -250,7 +255,7 @@ def test_an_order_confirmation_waits_a_day_at_most(
     pause(storage, False)
     assert worker.run_once() == 1
     reason = "skipped: more than 24 hours late" if state == "cancelled" else None
-    assert outbox(storage) == [("order_paid", state, reason)]
+    assert outbox(db) == [("order_paid", state, reason)]
 
 
 def test_pause_and_resume_through_the_cli(
@@ -267,7 +272,7 @@ def test_pause_and_resume_through_the_cli(
     assert kanal("stores", "update", str(STORE), "--paused").strip().endswith("paused")
     assert api.client.get(api.url("messages"), headers=api.headers()).status_code == 404
     assert "handled 0 messages" in kanal("worker", "--once")
-    assert outbox(storage)[0] == ("recovery_1", "scheduled", None)
+    assert outbox(db)[0] == ("recovery_1", "scheduled", None)
     assert kanal("stores", "update", str(STORE), "--active").strip().endswith("active")
     assert "handled 1 messages" in kanal("worker", "--once")
     response = api.client.get(api.url("messages"), headers=api.headers())

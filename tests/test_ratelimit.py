@@ -11,7 +11,7 @@ from kanal.bulk import run_sync
 from kanal.ratelimit import Decision, RateLimiter
 from kanal.storage import AsyncStorage, Storage
 
-from .conftest import STORE, Api
+from .conftest import STORE, Api, Rows
 
 ORDER = {
     "external_id": "ORDER-1",
@@ -52,16 +52,27 @@ def test_rate_limit_comes_before_validation(api: Api, storage: Storage, path: st
     assert api.post(path, {}).status_code == 429
 
 
-def limiter_over(storage: Storage) -> RateLimiter:
-    """A process's limiter over the test's database (as the app builds it)."""
-    return RateLimiter(AsyncStorage(storage))
+class Process:
+    """A process's limiter over the test's database (as the app builds it), run to
+    the end of each call on the storage's engine."""
+
+    def __init__(self, storage: Any) -> None:
+        if isinstance(storage, Storage):
+            self.limiter, self.run = RateLimiter(AsyncStorage(storage)), run_sync
+        else:  # PostgreSQL: the engine's coroutines run in its own task
+            self.limiter = RateLimiter(storage.engine)
+            self.run = lambda coroutine: storage.call(lambda: coroutine)
 
 
-def hit(limiter: RateLimiter, limit: int, now: float) -> Decision:
-    return run_sync(limiter.hit(STORE, limit, now))
+def limiter_over(storage: Any) -> Process:
+    return Process(storage)
 
 
-def test_processes_share_the_window_in_blocks(storage: Storage) -> None:
+def hit(process: Process, limit: int, now: float) -> Decision:
+    return process.run(process.limiter.hit(STORE, limit, now))
+
+
+def test_processes_share_the_window_in_blocks(storage: Storage, db: str) -> None:
     """Two processes (two limiters on one database) over a limit of 1,000 a minute:
     each reserves blocks of 5; together they never pass the limit and leave at most
     one block each unspent; then the next window opens."""
@@ -76,12 +87,7 @@ def test_processes_share_the_window_in_blocks(storage: Storage) -> None:
         assert 0 <= decision.remaining <= 1000
         assert decision.allowed or decision.retry_after == 60
     assert 1000 - 2 * 5 <= sum(allowed) <= 1000
-    assert (
-        storage.conn.execute(
-            "SELECT hits FROM rate_limits WHERE store_id = ?", (STORE,)
-        ).fetchone()[0]
-        <= 1000
-    )
+    assert Rows(db).value("SELECT hits FROM rate_limits WHERE store_id = ?", STORE) <= 1000
     assert hit(first, 1000, now + 59.5).retry_after == 1
     assert hit(first, 1000, now + 60).allowed  # a new window
     assert hit(second, 1000, now + 60).allowed

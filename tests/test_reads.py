@@ -303,6 +303,7 @@ def test_count_path_is_not_an_order(api: Api) -> None:
     assert ids(get(api, "orders", financial_status="paid"), "orders") == []
 
 
+@pytest.mark.sqlite_only("SQLite's plans; PostgreSQL's: tests/test_pgstore.py")
 @pytest.mark.parametrize("page", [{"after": 10}, {"before": 10}, {}])
 def test_list_query_uses_an_index_not_a_scan(storage: Storage, page: dict[str, int]) -> None:
     """Pages are keyset reads on (store_id, id): no OFFSET, no scan, no sort."""

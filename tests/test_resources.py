@@ -8,7 +8,7 @@ import pytest
 
 from kanal.storage import Storage
 
-from .conftest import Api
+from .conftest import Api, Rows
 
 CUSTOMER = {
     "external_id": "CUST-42",
@@ -44,12 +44,12 @@ CHECKOUT = {
 }
 
 
-def test_post_creates_201_then_replaces_200(api: Api, storage: Storage) -> None:
+def test_post_creates_201_then_replaces_200(api: Api, rows: Rows) -> None:
     assert api.post("orders", ORDER).status_code == 201
     response = api.post("orders", {**ORDER, "total_price": 10})
     assert response.status_code == 200
     assert response.json()["total_price"] == "10.00"
-    assert storage.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    assert rows.value("SELECT count(*) FROM orders") == 1
 
 
 def test_post_replaces_omitted_optional_fields_with_null(api: Api) -> None:
@@ -172,17 +172,17 @@ def test_customer_upsert_by_external_id(api: Api) -> None:
     assert again.status_code == 200 and again.json()["first_name"] == "M"
 
 
-def test_customer_without_external_id_is_keyed_by_phone(api: Api, storage: Storage) -> None:
+def test_customer_without_external_id_is_keyed_by_phone(api: Api, rows: Rows) -> None:
     body = {"phone": "+33612345678", "first_name": "A"}
     assert api.post("customers", body).status_code == 201
     second = api.post("customers", {"phone": "06 12 34 56 78", "first_name": "B"})
     assert second.status_code == 200
     assert second.json()["external_id"] is None and second.json()["first_name"] == "B"
     assert api.post("customers", {"phone": "+33699999999"}).status_code == 201
-    assert storage.conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2
+    assert rows.value("SELECT count(*) FROM customers") == 2
 
 
-def test_gdpr_erasure(api: Api, storage: Storage) -> None:
+def test_gdpr_erasure(api: Api, storage: Storage, rows: Rows) -> None:
     api.post("customers", CUSTOMER)
     api.post("orders", ORDER)
     api.post("checkouts", CHECKOUT)
@@ -197,13 +197,13 @@ def test_gdpr_erasure(api: Api, storage: Storage) -> None:
     api.post("orders", other)
     response = api.delete("customers/CUST-42")
     assert response.status_code == 204 and response.content == b""
-    assert storage.conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 0
+    assert rows.value("SELECT count(*) FROM customers") == 0
     for table in ("orders", "checkouts"):
         row = storage.get(table, 123, "ORDER-1001" if table == "orders" else "CHECKOUT-7700")
         assert row is not None
         assert row["customer_phone"] is None and row["customer_external_id"] is None
         assert set(row["customer"].values()) == {None}, table
-    assert "Marie" not in repr([dict(r) for r in storage.conn.execute("SELECT * FROM orders")])
+    assert "Marie" not in repr(rows.all("SELECT * FROM orders"))
     kept = storage.get("carts", 123, "CHECKOUT-7700")
     assert kept is not None and kept["customer"]["first_name"] == "Ann"
     untouched = storage.get("orders", 123, "ORDER-2")
@@ -223,10 +223,10 @@ def test_erased_customer_can_come_back_as_new(api: Api) -> None:
     assert api.post("customers", CUSTOMER).status_code == 201
 
 
-def test_erase_customer_keyed_by_phone(api: Api, storage: Storage) -> None:
+def test_erase_customer_keyed_by_phone(api: Api, rows: Rows) -> None:
     api.post("customers", {"phone": "+33612345678", "first_name": "A"})
     assert api.delete("customers/%2B33612345678").status_code == 204
-    assert storage.conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 0
+    assert rows.value("SELECT count(*) FROM customers") == 0
 
 
 def test_shipment_links_its_order(api: Api) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from kanal.cli import DEMO_TOKEN, create_key
-from kanal.storage import Storage
+from kanal.storage import connect
 
 from .conftest import ROOT, Server
 
@@ -57,7 +57,7 @@ def examples(name: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def seed_server(db: str) -> Any:
-    storage = Storage(db)
+    storage = connect(db)
     storage.create_store(
         {
             "id": 123,

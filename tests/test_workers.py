@@ -16,17 +16,17 @@ import httpx
 import pytest
 
 from kanal import formats
-from kanal.storage import Storage
+from kanal.storage import connect
 from kanal.worker import Worker
 
-from .conftest import ROOT, STORE
+from .conftest import ROOT, STORE, Rows
 from .fake_whatsapp import FakeWhatsApp
 
 
 @pytest.fixture
 def hook(db: str, keys: dict[str, Any]) -> Iterator[FakeWhatsApp]:
     server = FakeWhatsApp().start()
-    storage = Storage(db)
+    storage = connect(db)
     storage.update_store(
         STORE,
         {
@@ -41,7 +41,7 @@ def hook(db: str, keys: dict[str, Any]) -> Iterator[FakeWhatsApp]:
 
 
 def due_messages(db: str, count: int) -> None:
-    storage = Storage(db)
+    storage = connect(db)
     past = formats.now()
     with storage.transaction():
         for n in range(count):
@@ -84,12 +84,8 @@ def test_two_workers_racing_over_1000_messages_send_each_once(db: str, hook: Fak
     assert sum(handled) == 1000 and all(h > 0 for h in handled), outputs  # both took part
     keys = Counter(request["headers"]["idempotency-key"] for request in hook.requests)
     assert len(hook.requests) == 1000 and len(keys) == 1000  # each sent exactly once
-    storage = Storage(db)
-    states = storage.conn.execute(
-        "SELECT state, attempts, count(*) FROM messages GROUP BY state, attempts"
-    ).fetchall()
-    storage.close()
-    assert [tuple(row) for row in states] == [("sent", 1, 1000)]
+    states = Rows(db).all("SELECT state, attempts, count(*) FROM messages GROUP BY state, attempts")
+    assert [tuple(row.values()) for row in states] == [("sent", 1, 1000)]
 
 
 def test_a_worker_killed_mid_send_is_retried_not_lost_not_doubled(
@@ -105,15 +101,14 @@ def test_a_worker_killed_mid_send_is_retried_not_lost_not_doubled(
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=10)
     hook.delay = 0.0
-    storage = Storage(db)
-    (state,) = storage.conn.execute("SELECT state FROM messages").fetchone()
-    assert state == "sending"  # claimed, leased, never finished
+    assert Rows(db).value("SELECT state FROM messages ORDER BY id LIMIT 1") == "sending"
+    storage = connect(db)  # claimed, leased, never finished
     time.sleep(2.1)  # the lease runs out
     with httpx.Client(timeout=5) as client:
         assert Worker(storage, client=client).run_once() == 1
-    row = storage.conn.execute("SELECT state, attempts FROM messages").fetchone()
     storage.close()
-    assert tuple(row) == ("sent", 2)  # retried, not lost
+    row = Rows(db).one("SELECT state, attempts FROM messages ORDER BY id LIMIT 1")
+    assert tuple(row.values()) == ("sent", 2)  # retried, not lost
     first, second = (request["headers"]["idempotency-key"] for request in hook.requests)
     assert first == second  # the same key: the receiver recognises the repeat ...
     assert len(hook.delivered) == 1  # ... and delivers it once
