@@ -1,6 +1,6 @@
 """The PostgreSQL engine (kanal/storage/postgres.py): SQLite's answers, and safe across hosts.
 
-A throwaway cluster serves the module (``KANAL_TEST_POSTGRES_URL`` names a server of
+The session's throwaway cluster serves the module (``KANAL_TEST_POSTGRES_URL`` names a server of
 yours instead); every test has a fresh database. Coroutines run with asyncio.run.
 """
 
@@ -26,7 +26,6 @@ from psycopg.conninfo import make_conninfo
 from kanal import formats
 from kanal.storage import MIGRATIONS, TABLES, Storage, contact_of
 from kanal.storage.postgres import COLUMNS, STORE_TABLES, PostgresStorage
-from kanal.throwaway import server
 
 BASE = datetime(2026, 5, 18, 10, 0, tzinfo=UTC)
 LATEST = MIGRATIONS[-1][0]
@@ -40,9 +39,9 @@ def iso(moment: datetime) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    with server() as url:
-        yield url
+def cluster(postgres: tuple[str, str]) -> str:
+    """The session's PostgreSQL server (tests/conftest.py)."""
+    return postgres[0]
 
 
 def with_database(url: str, name: str) -> str:

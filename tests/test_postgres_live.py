@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from kanal.storage import connect
-from kanal.throwaway import fresh_database, server
+from kanal.throwaway import fresh_database
 
 from .conftest import ROOT, Server
 
@@ -36,9 +36,9 @@ ORDER = {
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    with server() as url:
-        yield url
+def cluster(postgres: tuple[str, str]) -> str:
+    """The session's PostgreSQL server (tests/conftest.py)."""
+    return postgres[0]
 
 
 @pytest.fixture
