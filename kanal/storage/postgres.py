@@ -94,6 +94,7 @@ Where PostgreSQL answers differently, and why
 
 from __future__ import annotations
 
+import functools
 import secrets
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -312,6 +313,62 @@ def _lock_key(text: str) -> int:
     return value - 2**32 if value >= 2**31 else value
 
 
+@functools.cache
+def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, str, str]:
+    """For ``upsert_many``: the staging table's name, the statement that creates it
+    (temporary, emptied at commit and before each set), and the set's upsert, which
+    answers the external_ids it created. ``sequence``: the table's id sequence.
+
+    The upsert looks each staged row up by its key, one index probe a row whatever the
+    planner's estimates (a LATERAL subquery with LIMIT is not flattened into a join,
+    so a store's other rows are never scanned): a row found keeps its id and takes the
+    ``ON CONFLICT`` update; a new one draws the next id, in the set's order (so an
+    update never draws an id, as in ``upsert``)."""
+    types = COLUMNS[table]
+    unknown = [column for column in columns if column not in types]
+    if unknown or "external_id" not in columns:
+        raise ValueError(f"no columns {unknown or ['external_id']} in {table}")
+    stage = f"kanal_stage_{table}_{zlib.crc32(','.join(columns).encode()):08x}"
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+        f"({', '.join(f'{c} {types[c]}' for c in columns)}, kanal_ord integer) "
+        f"ON COMMIT DELETE ROWS; DELETE FROM {stage}"
+    )
+    upsert = (
+        f"INSERT INTO {table} (id, store_id, {', '.join(columns)}, inserted_at, updated_at) "
+        f"SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), %(store_id)s::bigint, "
+        + ", ".join(f"s.{column}" for column in columns)
+        + f", %(stamp)s::timestamptz, %(stamp)s::timestamptz FROM {stage} AS s "
+        f"LEFT JOIN LATERAL (SELECT id FROM {table} WHERE store_id = %(store_id)s::bigint "
+        "AND external_id = s.external_id LIMIT 1) AS found ON true ORDER BY s.kanal_ord "
+        "ON CONFLICT (store_id, external_id) DO UPDATE SET "
+        + ", ".join(f"{column} = EXCLUDED.{column}" for column in [*columns, "updated_at"])
+        + " RETURNING external_id, (xmax = 0) AS kanal_created"
+    )
+    return stage, create, upsert
+
+
+#: ``touch_contacts``: each phone once, with the names it ends with, looked up by one
+#: index probe; found: updated (``ON CONFLICT``, keeping its id), else inserted with the
+#: next id, in the order the phones first came. ``{sequence}``: contacts' id sequence.
+TOUCH_CONTACTS = (
+    "INSERT INTO contacts AS c (id, store_id, phone, first_name, last_name, locale, "
+    "last_activity_at, inserted_at, updated_at) "
+    "SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), %(store_id)s::bigint, "
+    "g.phone, g.first_name, g.last_name, g.locale, %(stamp)s::timestamptz, "
+    "%(stamp)s::timestamptz, %(stamp)s::timestamptz "
+    "FROM unnest(%(phones)s::text[], %(first)s::text[], %(last)s::text[], "
+    "%(locale)s::text[]) WITH ORDINALITY AS g (phone, first_name, last_name, locale, ord) "
+    "LEFT JOIN LATERAL (SELECT id FROM contacts WHERE store_id = %(store_id)s::bigint "
+    "AND phone = g.phone LIMIT 1) AS found ON true ORDER BY g.ord "
+    "ON CONFLICT (store_id, phone) DO UPDATE SET "
+    "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
+    "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
+    "locale = COALESCE(EXCLUDED.locale, c.locale), "
+    "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
+)
+
+
 class _TimestampLoader(Loader):
     """timestamptz as SQLite's engine stores it: ``datetime.isoformat()`` in UTC."""
 
@@ -365,6 +422,7 @@ class PostgresStorage:
         self.pool = pool
         self._held: ContextVar[_Held | None] = ContextVar(f"kanal_pg_{id(self)}", default=None)
         self._secret: bytes | None = None
+        self._sequences: dict[str, str] = {}
         #: The schema's version when opened and now (``migrate``).
         self.migrated = (-1, -1)
 
@@ -693,41 +751,76 @@ class PostgresStorage:
     async def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> list[bool]:
-        """``upsert`` for many records keyed by external_id, in order (one statement
-        each, pipelined), under the store's exclusive lock. ``rows``: each record's
-        values as stored (``encode``), in the order of ``columns``. Returns, per record,
-        whether it was created."""
+        """``upsert`` for many records keyed by external_id, in order, under the store's
+        exclusive lock. ``rows``: each record's values as stored (``encode``), in the
+        order of ``columns``. Returns, per record, whether it was created.
+
+        The rows are copied (``COPY``) into a temporary staging table, then written by
+        one statement: the rows that exist are updated, the others inserted in their
+        order (ids in file order; an update never draws an id), with ``ON CONFLICT`` for
+        one inserted meanwhile. A record that comes again starts a new such set, so
+        each version is written in turn, as by ``upsert`` one after the other."""
         if not rows:
             return []
         assert table != "customers", "customers come back from soft deletion: use upsert"
-        key = list(columns).index("external_id")
-        stamp = formats.now()
-        statements = [
-            self._upsert_sql(
-                table,
-                store_id,
-                dict(zip(columns, row, strict=True)),
-                {"external_id": row[key]},
-                stamp,
-            )
-            for row in rows
-        ]
+        columns = tuple(columns)
+        key = columns.index("external_id")
         created: list[bool] = []
         async with self.transaction() as conn:
             await self.lock_store(store_id)
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    statements[0][0],
-                    [params for _, params in statements],
-                    returning=True,
-                )
-                while True:
-                    row = await cursor.fetchone()
-                    assert row is not None
-                    created.append(bool(row["kanal_created"]))
-                    if not cursor.nextset():
-                        break
+            start, seen = 0, set()
+            for index, row in enumerate(rows):
+                if row[key] in seen:
+                    created += await self._upsert_set(
+                        conn, table, store_id, columns, rows[start:index]
+                    )
+                    start, seen = index, set()
+                seen.add(row[key])
+            created += await self._upsert_set(conn, table, store_id, columns, rows[start:])
         return created
+
+    async def _sequence(self, conn: Conn, table: str) -> str:
+        """The name of the sequence that draws ``table``'s ids (looked up once)."""
+        if (name := self._sequences.get(table)) is None:
+            cursor = await conn.execute("SELECT pg_get_serial_sequence(%s, 'id') AS name", (table,))
+            row = await cursor.fetchone()
+            assert row is not None and row["name"], f"no id sequence for {table}"
+            name = self._sequences[table] = row["name"]
+        return name
+
+    async def _upsert_set(
+        self,
+        conn: Conn,
+        table: str,
+        store_id: int,
+        columns: tuple[str, ...],
+        rows: Sequence[Sequence[Any]],
+    ) -> list[bool]:
+        """``upsert_many`` for rows whose external_ids differ: COPY, then one statement."""
+        stage, create, upsert = _set_sql(table, columns, await self._sequence(conn, table))
+        # The staging table is the session's (temporary), emptied at every commit: a
+        # pooled connection keeps no record of the import once its transaction ends.
+        await conn.execute(create, prepare=False)
+        convert = [
+            (index, sql_type)
+            for index, sql_type in enumerate(COLUMNS[table][c] for c in columns)
+            if sql_type in ("bigint", "boolean", "double precision")
+        ]
+        async with conn.cursor() as cursor:
+            async with cursor.copy(
+                f"COPY {stage} ({', '.join(columns)}, kanal_ord) FROM STDIN"
+            ) as copy:
+                for number, row in enumerate(rows):
+                    if convert:
+                        row = list(row)
+                        for index, sql_type in convert:
+                            row[index] = to_db(sql_type, row[index])
+                    await copy.write_row((*row, number))
+            stamp = to_db("timestamptz", formats.now())
+            await cursor.execute(upsert, {"store_id": store_id, "stamp": stamp}, prepare=False)
+            fresh = {row["external_id"] for row in await cursor.fetchall() if row["kanal_created"]}
+        key = columns.index("external_id")
+        return [row[key] in fresh for row in rows]
 
     async def patch(
         self,
@@ -1016,33 +1109,34 @@ class PostgresStorage:
 
     async def touch_contacts(self, store_id: int, contacts: Sequence[Contact]) -> None:
         """``touch_contact`` for many customers (``contact_of``), in order: the last
-        one seen wins."""
-        stamp = to_db("timestamptz", formats.now())
-        rows = []
+        one seen wins. One statement: a phone's names are the last ones given (a name
+        not given keeps the one before), the contacts that exist are updated, the
+        others inserted in the order their phones first came (an update never draws
+        an id)."""
+        merged: dict[str, list[str | None]] = {}
         for phone, *names in contacts:
-            if phone:
-                update = (*names, stamp, stamp, store_id, phone)
-                rows.append((*update, store_id, phone, *names, stamp, stamp, stamp))
-        if not rows:
+            if not phone:
+                continue
+            if (known := merged.get(phone)) is None:
+                merged[phone] = names
+            else:
+                merged[phone] = [
+                    new if new is not None else old for new, old in zip(names, known, strict=True)
+                ]
+        if not merged:
             return
-        async with self._connection() as conn, conn.cursor() as cursor:
-            # Updated first, inserted else: a touch never draws an id.
-            await cursor.executemany(
-                "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
-                "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
-                "last_activity_at = %s, updated_at = %s "
-                "WHERE store_id = %s AND phone = %s RETURNING 1) "
-                "INSERT INTO contacts AS c (store_id, phone, first_name, last_name, locale, "
-                "last_activity_at, inserted_at, updated_at) SELECT %s::bigint, %s::text, "
-                "%s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz, "
-                "%s::timestamptz WHERE NOT EXISTS (SELECT FROM updated) "
-                "ON CONFLICT (store_id, phone) DO UPDATE SET "
-                "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
-                "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
-                "locale = COALESCE(EXCLUDED.locale, c.locale), "
-                "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at",
-                rows,
-            )
+        first, last, locale = zip(*merged.values(), strict=True)
+        params = {
+            "store_id": store_id,
+            "stamp": to_db("timestamptz", formats.now()),
+            "phones": list(merged),
+            "first": list(first),
+            "last": list(last),
+            "locale": list(locale),
+        }
+        async with self._connection() as conn:
+            sql = TOUCH_CONTACTS.format(sequence=await self._sequence(conn, "contacts"))
+            await conn.execute(sql, params, prepare=False)
 
     async def phones_with_open_abandoned(self, store_id: int, phones: set[str]) -> set[str]:
         """Which of ``phones`` have an abandoned checkout or cart not yet recovered."""
