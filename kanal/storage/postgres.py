@@ -348,17 +348,19 @@ def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, 
     return stage, create, upsert
 
 
-#: ``touch_contacts``: each phone once, with the names it ends with, looked up by one
-#: index probe; found: updated (``ON CONFLICT``, keeping its id), else inserted with the
-#: next id, in the order the phones first came. ``{sequence}``: contacts' id sequence.
+#: ``touch_contacts``: each phone once, with the names it ends with (a JSON array of
+#: objects: one parameter, parsed by the server), looked up by one index probe; found:
+#: updated (``ON CONFLICT``, keeping its id), else inserted with the next id, in the
+#: order the phones first came. ``{sequence}``: contacts' id sequence.
 TOUCH_CONTACTS = (
     "INSERT INTO contacts AS c (id, store_id, phone, first_name, last_name, locale, "
     "last_activity_at, inserted_at, updated_at) "
     "SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), %(store_id)s::bigint, "
     "g.phone, g.first_name, g.last_name, g.locale, %(stamp)s::timestamptz, "
     "%(stamp)s::timestamptz, %(stamp)s::timestamptz "
-    "FROM unnest(%(phones)s::text[], %(first)s::text[], %(last)s::text[], "
-    "%(locale)s::text[]) WITH ORDINALITY AS g (phone, first_name, last_name, locale, ord) "
+    "FROM ROWS FROM (json_to_recordset(%(given)s::json) "
+    "AS (phone text, first_name text, last_name text, locale text)) WITH ORDINALITY "
+    "AS g (phone, first_name, last_name, locale, ord) "
     "LEFT JOIN LATERAL (SELECT id FROM contacts WHERE store_id = %(store_id)s::bigint "
     "AND phone = g.phone LIMIT 1) AS found ON true ORDER BY g.ord "
     "ON CONFLICT (store_id, phone) DO UPDATE SET "
@@ -367,6 +369,7 @@ TOUCH_CONTACTS = (
     "locale = COALESCE(EXCLUDED.locale, c.locale), "
     "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
 )
+CONTACT_NAMES = ("first_name", "last_name", "locale")
 
 
 class _TimestampLoader(Loader):
@@ -1113,30 +1116,26 @@ class PostgresStorage:
         not given keeps the one before), the contacts that exist are updated, the
         others inserted in the order their phones first came (an update never draws
         an id)."""
-        merged: dict[str, list[str | None]] = {}
+        merged: dict[str, dict[str, str | None]] = {}
         for phone, *names in contacts:
             if not phone:
                 continue
             if (known := merged.get(phone)) is None:
-                merged[phone] = names
+                merged[phone] = {"phone": phone, **dict(zip(CONTACT_NAMES, names, strict=True))}
             else:
-                merged[phone] = [
-                    new if new is not None else old for new, old in zip(names, known, strict=True)
-                ]
+                for name, value in zip(CONTACT_NAMES, names, strict=True):
+                    if value is not None:
+                        known[name] = value
         if not merged:
             return
-        first, last, locale = zip(*merged.values(), strict=True)
         params = {
             "store_id": store_id,
             "stamp": to_db("timestamptz", formats.now()),
-            "phones": list(merged),
-            "first": list(first),
-            "last": list(last),
-            "locale": list(locale),
+            "given": to_json(list(merged.values())),
         }
         async with self._connection() as conn:
             sql = TOUCH_CONTACTS.format(sequence=await self._sequence(conn, "contacts"))
-            await conn.execute(sql, params, prepare=False)
+            await conn.execute(sql, params)
 
     async def phones_with_open_abandoned(self, store_id: int, phones: set[str]) -> set[str]:
         """Which of ``phones`` have an abandoned checkout or cart not yet recovered."""
