@@ -108,7 +108,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.adapt import Buffer, Loader
 from psycopg.pq import Format
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from kanal import formats
@@ -317,7 +317,7 @@ def _lock_key(text: str) -> int:
 def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, str, str]:
     """For ``upsert_many``: the staging table's name, the statement that creates it
     (temporary, emptied at commit and before each set), and the set's upsert, which
-    answers the external_ids it created. ``sequence``: the table's id sequence.
+    answers the external_ids it created (only those). ``sequence``: the table's id sequence.
 
     The upsert looks each staged row up by its key, one index probe a row whatever the
     planner's estimates (a LATERAL subquery with LIMIT is not flattened into a join,
@@ -335,7 +335,8 @@ def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, 
         f"ON COMMIT DELETE ROWS; DELETE FROM {stage}"
     )
     upsert = (
-        f"INSERT INTO {table} (id, store_id, {', '.join(columns)}, inserted_at, updated_at) "
+        f"WITH written AS (INSERT INTO {table} "
+        f"(id, store_id, {', '.join(columns)}, inserted_at, updated_at) "
         f"SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), %(store_id)s::bigint, "
         + ", ".join(f"s.{column}" for column in columns)
         + f", %(stamp)s::timestamptz, %(stamp)s::timestamptz FROM {stage} AS s "
@@ -343,7 +344,8 @@ def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, 
         "AND external_id = s.external_id LIMIT 1) AS found ON true ORDER BY s.kanal_ord "
         "ON CONFLICT (store_id, external_id) DO UPDATE SET "
         + ", ".join(f"{column} = EXCLUDED.{column}" for column in [*columns, "updated_at"])
-        + " RETURNING external_id, (xmax = 0) AS kanal_created"
+        + " RETURNING external_id, xmax = 0 AS created) SELECT external_id FROM written "
+        "WHERE created"
     )
     return stage, create, upsert
 
@@ -809,7 +811,7 @@ class PostgresStorage:
             for index, sql_type in enumerate(COLUMNS[table][c] for c in columns)
             if sql_type in ("bigint", "boolean", "double precision")
         ]
-        async with conn.cursor() as cursor:
+        async with conn.cursor(row_factory=tuple_row) as cursor:
             async with cursor.copy(
                 f"COPY {stage} ({', '.join(columns)}, kanal_ord) FROM STDIN"
             ) as copy:
@@ -821,7 +823,7 @@ class PostgresStorage:
                     await copy.write_row((*row, number))
             stamp = to_db("timestamptz", formats.now())
             await cursor.execute(upsert, {"store_id": store_id, "stamp": stamp}, prepare=False)
-            fresh = {row["external_id"] for row in await cursor.fetchall() if row["kanal_created"]}
+            fresh = {external_id for (external_id,) in await cursor.fetchall()}
         key = columns.index("external_id")
         return [row[key] in fresh for row in rows]
 
