@@ -372,6 +372,44 @@ TOUCH_CONTACTS = (
     "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
 )
 CONTACT_NAMES = ("first_name", "last_name", "locale")
+#: What ``schedule_messages`` stamps itself on every message.
+MESSAGE_STAMPS = (
+    "store_id",
+    "state",
+    "scheduled_at",
+    "next_attempt_at",
+    "inserted_at",
+    "updated_at",
+)
+
+
+@functools.cache
+def _messages_sql(columns: tuple[str, ...], sequence: str) -> str:
+    """``schedule_messages``: the messages (a JSON array of objects, their JSON columns
+    as text) looked up by dedupe key, one index probe each; found: rescheduled when
+    still scheduled or cancelled (``ON CONFLICT``, keeping its id), else inserted with
+    the next id, in order. ``sequence``: messages' id sequence."""
+    types = COLUMNS["messages"]
+    unknown = [column for column in columns if column not in types]
+    if unknown:
+        raise ValueError(f"no columns {unknown} in messages")
+    given = ", ".join(f"{c} {'text' if c in JSON_COLUMNS else _cast(types[c])}" for c in columns)
+    picked = ", ".join(f"g.{c}::json" if c in JSON_COLUMNS else f"g.{c}" for c in columns)
+    return (
+        f"INSERT INTO messages AS m (id, {', '.join(columns)}, {', '.join(MESSAGE_STAMPS)}) "
+        f"SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), {picked}, "
+        "%(store_id)s::bigint, 'scheduled', %(due)s::timestamptz, %(due)s::timestamptz, "
+        "%(stamp)s::timestamptz, %(stamp)s::timestamptz "
+        f"FROM ROWS FROM (json_to_recordset(%(given)s::json) AS ({given})) WITH ORDINALITY "
+        f"AS g ({', '.join(columns)}, kanal_ord) "
+        "LEFT JOIN LATERAL (SELECT id FROM messages WHERE store_id = %(store_id)s::bigint "
+        "AND dedupe_key = g.dedupe_key LIMIT 1) AS found ON true ORDER BY g.kanal_ord "
+        "ON CONFLICT (store_id, dedupe_key) DO UPDATE SET "
+        "scheduled_at = EXCLUDED.scheduled_at, next_attempt_at = EXCLUDED.next_attempt_at, "
+        "parameters = EXCLUDED.parameters, contact_phone = EXCLUDED.contact_phone, "
+        "language = EXCLUDED.language, state = 'scheduled', cancelled_reason = NULL, "
+        "updated_at = EXCLUDED.updated_at WHERE m.state IN ('scheduled', 'cancelled')"
+    )
 
 
 class _TimestampLoader(Loader):
@@ -881,6 +919,23 @@ class PostgresStorage:
             (store_id, external_id),
         )
 
+    async def get_many(
+        self, table: str, store_id: int, external_ids: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """The records of ``store_id`` with these external_ids, in that order (one each;
+        those that do not exist left out): one index probe each."""
+        self._types(table)
+        keys = list(dict.fromkeys(external_ids))
+        if not keys:
+            return []
+        return await self._all(
+            "SELECT t.* FROM json_array_elements_text(%s::json) WITH ORDINALITY "
+            f"AS k (external_id, ord) JOIN LATERAL (SELECT * FROM {table} "
+            "WHERE store_id = %s::bigint AND external_id = k.external_id LIMIT 1) AS t "
+            "ON true ORDER BY k.ord",
+            (to_json(keys), store_id),
+        )
+
     # -- erasure ------------------------------------------------------------------
 
     async def erase_person(self, store_id: int, external_id: str, phone: str | None) -> bool:
@@ -1332,6 +1387,37 @@ class PostgresStorage:
             "WHERE messages.state IN ('scheduled', 'cancelled')",
             (*set_params, *key, *params, *key),
         )
+
+    async def schedule_messages(
+        self, store_id: int, messages: Sequence[dict[str, Any]], due: str
+    ) -> None:
+        """``schedule_message`` for each of ``messages``, in order, all due at ``due``: one
+        statement (a message whose dedupe key comes again starts another)."""
+        if not messages:
+            return
+        columns = tuple(column for column in messages[0] if column not in MESSAGE_STAMPS)
+        if "dedupe_key" not in columns or any(
+            tuple(column for column in message if column not in MESSAGE_STAMPS) != columns
+            for message in messages
+        ):  # not one shape: one by one
+            for message in messages:
+                await self.schedule_message(store_id, message, due)
+            return
+        params = {
+            "store_id": store_id,
+            "due": to_db("timestamptz", due),
+            "stamp": to_db("timestamptz", formats.now()),
+        }
+        async with self._connection() as conn:
+            sql = _messages_sql(columns, await self._sequence(conn, "messages"))
+            start, seen = 0, set()
+            for index, message in enumerate([*messages, None]):
+                key = None if message is None else message["dedupe_key"]
+                if message is None or key in seen:
+                    given = [self.encode(m) for m in messages[start:index]]
+                    await conn.execute(sql, {**params, "given": to_json(given)}, prepare=False)
+                    start, seen = index, set()
+                seen.add(key)
 
     async def cancel_messages(
         self,
