@@ -7,7 +7,8 @@ The orders are the seed recipe's, each with its own external_id and one of
 ``--phones`` customers' phones (each phone is parsed and checked once per process,
 as in real data with repeat customers). Runs the import twice (every record
 created, then every record updated) and prints kanal's own summary lines;
-``--rounds N`` does it N times, each round into a fresh database.
+``--rounds N`` does it N times, each round into a fresh database. ``--paid``: every
+order paid, and the store sends order confirmations (each order sets a message off).
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ import tempfile
 from pathlib import Path
 
 from bench.run import prepare
+from kanal.storage import connect
 from kanal.throwaway import ThrowawayPostgres, fresh_database
 from tests.conftest import ROOT
 
 
-def order(n: int, phones: int) -> dict[str, object]:
+def order(n: int, phones: int, paid: bool = False) -> dict[str, object]:
     return {
         "external_id": f"ORDER-{n}",
         "placed_at": f"2026-05-{1 + n % 28:02d}T{n % 24:02d}:00:00Z",
         "total_price": 49.90 + n % 100,
         "currency": "EUR",
-        "financial_status": "pending",
+        "financial_status": "paid" if paid else "pending",
         "fulfillment_status": "unfulfilled",
         "customer": {
             "external_id": f"CUST-{n % phones}",
@@ -51,12 +53,22 @@ def order(n: int, phones: int) -> dict[str, object]:
     }
 
 
+def confirm(db: str) -> None:
+    """Store 123 sends order confirmations."""
+    storage = connect(db)
+    try:
+        storage.update_store(123, {"automations": json.dumps({"order_confirmation": True})})
+    finally:
+        storage.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=50_000)
     parser.add_argument("--phones", type=int, default=20_000)
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--paid", action="store_true", help="paid orders, confirmations on")
     parser.add_argument(
         "--db",
         choices=("sqlite", "postgres"),
@@ -70,9 +82,10 @@ def main() -> int:
         source = work / "orders.jsonl"
         with source.open("w") as out:
             for n in range(args.orders):
-                out.write(json.dumps(order(n, args.phones)) + "\n")
+                out.write(json.dumps(order(n, args.phones, args.paid)) + "\n")
         size = source.stat().st_size / 2**20
-        print(f"{args.orders} orders ({size:.1f} MiB), {args.phones} phones, {args.db}")
+        paid = ", paid, confirmations on" if args.paid else ""
+        print(f"{args.orders} orders ({size:.1f} MiB), {args.phones} phones{paid}, {args.db}")
         with contextlib.ExitStack() as cluster:
             server = None
             if args.db == "postgres":
@@ -83,6 +96,8 @@ def main() -> int:
                     if server is not None:
                         db = fresh.enter_context(fresh_database(server, "kanal_import"))
                     prepare(db)
+                    if args.paid:
+                        confirm(db)
                     command = [sys.executable, "-m", "kanal", "import", str(source)]
                     command += ["--store", "123", "--resource", "orders", "--db", db]
                     if args.jobs is not None:
