@@ -112,6 +112,20 @@ async def follow_arrival(store: AsyncStorage, table: str, row: Body) -> Body:
     return await store.get_by_id(table, row["id"])
 
 
+#: The columns of an order ``follow_order`` reads (``follow_orders`` reads no others).
+FOLLOWED = (
+    "id",
+    "store_id",
+    "external_id",
+    "placed_at",
+    "financial_status",
+    "total_price",
+    "currency",
+    "customer",
+    "customer_phone",
+)
+
+
 async def follow_order(store: AsyncStorage, shop: Body, order: Body) -> None:
     """What writing an order sets off: the recovery of the abandoned checkout or cart
     it completes (attribution), and the order confirmation."""
@@ -163,7 +177,9 @@ async def follow_orders(store: AsyncStorage, shop: Body, records: list[Body]) ->
     chosen, open_phones = await _setting_off(store, shop, records)
     if not chosen:
         return
-    orders = await store.get_many("orders", shop["id"], [r["external_id"] for r in chosen])
+    orders = await store.get_many(
+        "orders", shop["id"], [r["external_id"] for r in chosen], FOLLOWED
+    )
     for order in orders:
         if order["customer_phone"] in open_phones:
             await _attribute(store, shop, order)

@@ -423,6 +423,8 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
     await call("upsert none", "upsert_many", "orders", 1, columns, [])
     await call("get many", "get_many", "orders", 1, ["O11", "nope", "O1", "O10", "O1"])
     await call("get none", "get_many", "orders", 1, [])
+    await call("get some columns", "get_many", "orders", 1, ["O10", "O1"], ["id", "customer"])
+    await call("get no column", "get_many", "orders", 1, ["O10"], ["id", "nope"])
 
     # Reads: filters, cursors, counts.
     reads: list[tuple[str, list[Any], dict[str, Any]]] = [

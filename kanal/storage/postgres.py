@@ -938,17 +938,25 @@ class PostgresStorage:
         )
 
     async def get_many(
-        self, table: str, store_id: int, external_ids: Sequence[str]
+        self,
+        table: str,
+        store_id: int,
+        external_ids: Sequence[str],
+        columns: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """The records of ``store_id`` with these external_ids, in that order (one each;
-        those that do not exist left out): one index probe each."""
-        self._types(table)
+        those that do not exist left out); only ``columns`` of them when given (with
+        external_id). One index probe each."""
+        types = {"id": "bigint", **self._types(table)}
+        if columns is not None and not set(columns) <= set(types):
+            raise ValueError(f"no columns {sorted(set(columns) - set(types))} in {table}")
         keys = list(dict.fromkeys(external_ids))
         if not keys:
             return []
+        picked = "*" if columns is None else ", ".join(dict.fromkeys(["external_id", *columns]))
         return await self._all(
             "SELECT t.* FROM json_array_elements_text(%s::json) WITH ORDINALITY "
-            f"AS k (external_id, ord) JOIN LATERAL (SELECT * FROM {table} "
+            f"AS k (external_id, ord) JOIN LATERAL (SELECT {picked} FROM {table} "
             "WHERE store_id = %s::bigint AND external_id = k.external_id LIMIT 1) AS t "
             "ON true ORDER BY k.ord",
             (to_json(keys), store_id),
