@@ -374,6 +374,9 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
                 message("carts", 88, 1, P3, first_name="Again"),
                 message("carts", a1["id"], 1, P2, total_price="2.00")], iso(due1))  # fmt: skip
     await call("schedule none", "schedule_messages", 1, [], iso(due1))
+    no_language = {k: v for k, v in message("carts", 55, 2, P3).items() if k != "language"}
+    await call("schedule two shapes", "schedule_messages", 1,
+               [message("carts", 55, 1, P3), no_language], iso(due2))  # fmt: skip
     await call("cancel by key", "cancel_messages", 1, "x", key="carts:77:recovery:2")
     await call("cancel by key again", "cancel_messages", 1, "x", key="carts:77:recovery:2")
     await call("cancel by phone", "cancel_messages", 1, "y", phone=P3)

@@ -1430,11 +1430,10 @@ class PostgresStorage:
         statement (a message whose dedupe key comes again starts another)."""
         if not messages:
             return
-        columns = tuple(column for column in messages[0] if column not in MESSAGE_STAMPS)
-        if "dedupe_key" not in columns or any(
-            tuple(column for column in message if column not in MESSAGE_STAMPS) != columns
-            for message in messages
-        ):  # not one shape: one by one
+        shape = tuple(messages[0])
+        columns = tuple(column for column in shape if column not in MESSAGE_STAMPS)
+        if "dedupe_key" not in columns or any(tuple(m) != shape for m in messages):
+            # not one shape: one by one
             for message in messages:
                 await self.schedule_message(store_id, message, due)
             return
