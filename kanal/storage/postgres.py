@@ -67,6 +67,19 @@ Concurrency without a process-local lock
       the start of each chunk, which then needs no contact locks).
     - The cursor secret and the other settings live in the ``settings`` table.
 
+Bulk writes (``kanal import``)
+    ``upsert_many`` copies a set of rows (``COPY``) into a temporary staging table of
+    the session (emptied at every commit) and writes them with one ``INSERT ... SELECT
+    ... ON CONFLICT``; ``touch_contacts``, ``schedule_messages`` and ``get_many`` take
+    their rows as one JSON parameter. Each row is found by one index probe (a LATERAL
+    subquery with LIMIT, which the planner cannot turn into a join), never by a join
+    the planner might run over all of a store's rows: the statistics of a table that an
+    import is filling are stale (autovacuum analyzes it a minute later at best), and a
+    plan chosen on them can scan the whole table once per set. A row found keeps its
+    id and takes the ``ON CONFLICT`` update; a new one draws the next id, in order, so
+    the ids are those one ``upsert`` after the other gives. These statements are not
+    prepared (``prepare=False``): each is planned for the rows at hand.
+
 Migrations
     ``migrate()`` creates what is missing (tables, columns, indexes, read from the
     catalog first so that a server starting beside running ones takes no table locks
