@@ -428,6 +428,7 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
     await call("get none", "get_many", "orders", 1, [])
     await call("get some columns", "get_many", "orders", 1, ["O10", "O1"], ["id", "customer"])
     await call("get no column", "get_many", "orders", 1, ["O10"], ["id", "nope"])
+    await call("get no table", "get_many", "nope", 1, ["O10"])
 
     # Reads: filters, cursors, counts.
     reads: list[tuple[str, list[Any], dict[str, Any]]] = [

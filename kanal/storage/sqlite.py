@@ -373,6 +373,8 @@ class Storage:
     @staticmethod
     def _projection(table: str, columns: Sequence[str] | None) -> str:
         """``*``, or the known ``columns`` (and external_id) of ``table``."""
+        if table not in TABLES:
+            raise ValueError(f"no table {table}")
         if columns is None:
             return "*"
         known = {"id", *TABLES[table]}
