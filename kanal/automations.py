@@ -162,25 +162,35 @@ async def sync_shipping(storage: AsyncStorage, store: Row, shipment: Row, order:
 
 async def sync_order(storage: AsyncStorage, store: Row, order: Row) -> None:
     """The order confirmation, when the store wants one and the order is paid."""
+    message = _confirmation(settings(store), order)
+    if message is not None:
+        await storage.schedule_message(store["id"], message, formats.now())
+
+
+async def sync_orders(storage: AsyncStorage, store: Row, orders: list[Row]) -> None:
+    """``sync_order`` for each of ``orders``, in order: their confirmations in one call."""
     config = settings(store)
+    messages = [m for order in orders if (m := _confirmation(config, order)) is not None]
+    if messages:
+        await storage.schedule_messages(store["id"], messages, formats.now())
+
+
+def _confirmation(config: dict[str, Any], order: Row) -> Row | None:
+    """The confirmation message of an order, if it gets one."""
     customer = order.get("customer") or {}
     if not config["order_confirmation"] or order["financial_status"] != "paid":
-        return
+        return None
     if not customer.get("phone"):
-        return  # nobody to tell (an erased customer)
+        return None  # nobody to tell (an erased customer)
     parameters = {
         "first_name": customer.get("first_name"),
         "order": order["external_id"],
         "total_price": order["total_price"],
         "currency": order["currency"],
     }
-    await storage.schedule_message(
-        store["id"],
-        {
-            **_message(config, "order_confirmation", "orders", order, customer),
-            "step": "order_paid",
-            "dedupe_key": f"orders:{order['id']}:paid",
-            "parameters": parameters,
-        },
-        formats.now(),
-    )
+    return {
+        **_message(config, "order_confirmation", "orders", order, customer),
+        "step": "order_paid",
+        "dedupe_key": f"orders:{order['id']}:paid",
+        "parameters": parameters,
+    }

@@ -382,17 +382,14 @@ class Writer:
         self._order_set(columns, valid[start:])
 
     def _order_set(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]]) -> None:
-        from kanal.records import follow_order, sets_off
+        from kanal.records import follow_orders
 
         store_id = self.shop["id"]
         rows = [values for _, values, _ in valid]
         created = self.store.upsert_many("orders", store_id, columns, rows)
         self.store.touch_contacts(store_id, [contact for _, _, contact in valid])
         written = [dict(zip(columns, values, strict=True)) for values in rows]
-        for record in self.run(functools.partial(sets_off, self.operations, self.shop, written)):
-            order = self.store.get("orders", store_id, record["external_id"])
-            assert order is not None
-            self.run(functools.partial(follow_order, self.operations, self.shop, order))
+        self.run(functools.partial(follow_orders, self.operations, self.shop, written))
         self.report.created += sum(created)
         self.report.updated += len(created) - sum(created)
 

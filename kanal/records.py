@@ -112,30 +112,78 @@ async def follow_arrival(store: AsyncStorage, table: str, row: Body) -> Body:
     return await store.get_by_id(table, row["id"])
 
 
+#: The columns of an order ``follow_order`` reads (``follow_orders`` reads no others).
+FOLLOWED = (
+    "id",
+    "store_id",
+    "external_id",
+    "placed_at",
+    "financial_status",
+    "total_price",
+    "currency",
+    "customer",
+    "customer_phone",
+)
+
+
 async def follow_order(store: AsyncStorage, shop: Body, order: Body) -> None:
     """What writing an order sets off: the recovery of the abandoned checkout or cart
     it completes (attribution), and the order confirmation."""
+    await _attribute(store, shop, order)
+    await automations.sync_order(store, shop, order)
+
+
+async def _attribute(store: AsyncStorage, shop: Body, order: Body) -> None:
+    """The attribution half of ``follow_order``."""
     start = window_start(order["placed_at"])
     recovered = await store.attribute(order["store_id"], order, start)
     if recovered is not None:
         row = await store.get_by_id(recovered["table"], recovered["id"])
         await automations.sync_recovery(store, shop, recovered["table"], row)
-    await automations.sync_order(store, shop, order)
 
 
 async def sets_off(store: AsyncStorage, shop: Body, records: list[Body]) -> list[Body]:
     """Of orders just written, those ``follow_order`` may act on: a phone with an open
     abandoned checkout or cart, or a paid order when the store confirms orders.
     (For the others it would find nothing to do.)"""
+    return (await _setting_off(store, shop, records))[0]
+
+
+async def _setting_off(
+    store: AsyncStorage, shop: Body, records: list[Body]
+) -> tuple[list[Body], set[str]]:
+    """``sets_off``, and the phones among them with an open abandoned checkout or cart."""
     confirms = automations.settings(shop)["order_confirmation"]
     open_phones = await store.phones_with_open_abandoned(
         shop["id"], {r["customer_phone"] for r in records if r["customer_phone"]}
     )
-    return [
+    chosen = [
         r
         for r in records
         if r["customer_phone"] in open_phones or (confirms and r["financial_status"] == "paid")
     ]
+    return chosen, open_phones
+
+
+async def follow_orders(store: AsyncStorage, shop: Body, records: list[Body]) -> None:
+    """``follow_order`` for each of the orders just written as one set (an external_id
+    once), as if one after the other, with set queries: one for the phones with an
+    open abandoned checkout or cart, one for the rows of the orders that set anything
+    off, the attribution of each of those with such a phone (they take the checkouts
+    in turn), then their confirmations in one statement. (Attributions schedule
+    nothing and confirmations recover nothing: neither order of the two changes what
+    the other does.) ``records``: at least each order's external_id, customer_phone
+    and financial_status."""
+    chosen, open_phones = await _setting_off(store, shop, records)
+    if not chosen:
+        return
+    orders = await store.get_many(
+        "orders", shop["id"], [r["external_id"] for r in chosen], FOLLOWED
+    )
+    for order in orders:
+        if order["customer_phone"] in open_phones:
+            await _attribute(store, shop, order)
+    await automations.sync_orders(store, shop, orders)
 
 
 async def require_order(store_id: int, external_id: str) -> Body:

@@ -368,6 +368,14 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
                iso(due1 + timedelta(minutes=1)))  # fmt: skip
     await call("schedule P3", "schedule_message", 1, message("carts", 77, 1, P3), iso(due1))
     await call("schedule P3 2", "schedule_message", 1, message("carts", 77, 2, P3), iso(due2))
+    await call("schedule many", "schedule_messages", 1,
+               [message("carts", 88, 1, P3), message("carts", 88, 2, P3, total_price="1.00"),
+                message("carts", 88, 1, P3, first_name="Again"),
+                message("carts", a1["id"], 1, P2, total_price="2.00")], iso(due1))  # fmt: skip
+    await call("schedule none", "schedule_messages", 1, [], iso(due1))
+    no_language = {k: v for k, v in message("carts", 55, 2, P3).items() if k != "language"}
+    await call("schedule two shapes", "schedule_messages", 1,
+               [message("carts", 55, 1, P3), no_language], iso(due2))  # fmt: skip
     await call("cancel by key", "cancel_messages", 1, "x", key="carts:77:recovery:2")
     await call("cancel by key again", "cancel_messages", 1, "x", key="carts:77:recovery:2")
     await call("cancel by phone", "cancel_messages", 1, "y", phone=P3)
@@ -392,6 +400,9 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
         await call("later step", "later_step_due", claimed, iso(BASE + timedelta(days=3)))
     await call("resend a sent one", "schedule_message", 1, message("checkouts", k2["id"], 1, P1),
                iso(due2))  # fmt: skip
+    await call("resend sent ones", "schedule_messages", 1,
+               [message("checkouts", k2["id"], 1, P1, total_price="9.00"),
+                message("carts", 66, 1, None)], iso(due2))  # fmt: skip
     await call("notifications", "notification_state", "checkouts", [k1["id"], k2["id"], 999])
     await call("no notifications", "notification_state", "carts", [])
     await call("opted out?", "opted_out", 1, P1)
@@ -412,6 +423,11 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
     rows = [tuple(Storage.encode(record).values()) for record in bulk]
     await call("upsert many", "upsert_many", "orders", 1, columns, rows)
     await call("upsert none", "upsert_many", "orders", 1, columns, [])
+    await call("get many", "get_many", "orders", 1, ["O11", "nope", "O1", "O10", "O1"])
+    await call("get none", "get_many", "orders", 1, [])
+    await call("get some columns", "get_many", "orders", 1, ["O10", "O1"], ["id", "customer"])
+    await call("get no column", "get_many", "orders", 1, ["O10"], ["id", "nope"])
+    await call("get no table", "get_many", "nope", 1, ["O10"])
 
     # Reads: filters, cursors, counts.
     reads: list[tuple[str, list[Any], dict[str, Any]]] = [
@@ -435,6 +451,7 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
         ("contacts", [], {}),
         ("contacts", [("opted_out", "=", 0)], {}),
         ("messages", [("state", "=", "sending")], {}),
+        ("messages", [], {}),
         ("messages", [("trigger", "=", "recovery")], {"after": 1, "limit": 2}),
         ("orders", [("nope", "=", 1)], {}),
         ("orders", [("id", "like", 1)], {}),

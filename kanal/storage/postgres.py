@@ -67,6 +67,19 @@ Concurrency without a process-local lock
       the start of each chunk, which then needs no contact locks).
     - The cursor secret and the other settings live in the ``settings`` table.
 
+Bulk writes (``kanal import``)
+    ``upsert_many`` copies a set of rows (``COPY``) into a temporary staging table of
+    the session (emptied at every commit) and writes them with one ``INSERT ... SELECT
+    ... ON CONFLICT``; ``touch_contacts``, ``schedule_messages`` and ``get_many`` take
+    their rows as one JSON parameter. Each row is found by one index probe (a LATERAL
+    subquery with LIMIT, which the planner cannot turn into a join), never by a join
+    the planner might run over all of a store's rows: the statistics of a table that an
+    import is filling are stale (autovacuum analyzes it a minute later at best), and a
+    plan chosen on them can scan the whole table once per set. A row found keeps its
+    id and takes the ``ON CONFLICT`` update; a new one draws the next id, in order, so
+    the ids are those one ``upsert`` after the other gives. These statements are not
+    prepared (``prepare=False``): each is planned for the rows at hand.
+
 Migrations
     ``migrate()`` creates what is missing (tables, columns, indexes, read from the
     catalog first so that a server starting beside running ones takes no table locks
@@ -94,6 +107,7 @@ Where PostgreSQL answers differently, and why
 
 from __future__ import annotations
 
+import functools
 import secrets
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -107,7 +121,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.adapt import Buffer, Loader
 from psycopg.pq import Format
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from kanal import formats
@@ -312,6 +326,123 @@ def _lock_key(text: str) -> int:
     return value - 2**32 if value >= 2**31 else value
 
 
+@functools.cache
+def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, str, str]:
+    """For ``upsert_many``: the staging table's name, the statement that creates it
+    (temporary, emptied at commit and before each set), and the set's upsert, which
+    answers the external_ids it created (only those). ``sequence``: the table's id sequence.
+
+    The upsert looks each staged row up by its key, one index probe a row whatever the
+    planner's estimates (a LATERAL subquery with LIMIT is not flattened into a join,
+    so a store's other rows are never scanned): a row found keeps its id and takes the
+    ``ON CONFLICT`` update; a new one draws the next id, in the set's order (so an
+    update never draws an id, as in ``upsert``)."""
+    types = COLUMNS[table]
+    unknown = [column for column in columns if column not in types]
+    if unknown or "external_id" not in columns:
+        raise ValueError(f"no columns {unknown or ['external_id']} in {table}")
+    stage = f"kanal_stage_{table}_{zlib.crc32(','.join(columns).encode()):08x}"
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+        f"({', '.join(f'{c} {types[c]}' for c in columns)}, kanal_ord integer) "
+        f"ON COMMIT DELETE ROWS; DELETE FROM {stage}"
+    )
+    upsert = (
+        f"WITH written AS (INSERT INTO {table} "
+        f"(id, store_id, {', '.join(columns)}, inserted_at, updated_at) "
+        f"SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), %(store_id)s::bigint, "
+        + ", ".join(f"s.{column}" for column in columns)
+        + f", %(stamp)s::timestamptz, %(stamp)s::timestamptz FROM {stage} AS s "
+        f"LEFT JOIN LATERAL (SELECT id FROM {table} WHERE store_id = %(store_id)s::bigint "
+        "AND external_id = s.external_id LIMIT 1) AS found ON true ORDER BY s.kanal_ord "
+        "ON CONFLICT (store_id, external_id) DO UPDATE SET "
+        + ", ".join(f"{column} = EXCLUDED.{column}" for column in [*columns, "updated_at"])
+        + " RETURNING external_id, xmax = 0 AS created) SELECT external_id FROM written "
+        "WHERE created"
+    )
+    return stage, create, upsert
+
+
+#: ``touch_contact``: one contact, updated first, inserted else (ON CONFLICT: a contact
+#: created meanwhile).
+TOUCH_CONTACT = (
+    "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
+    "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
+    "last_activity_at = %s, updated_at = %s "
+    "WHERE store_id = %s AND phone = %s RETURNING 1) "
+    "INSERT INTO contacts AS c (store_id, phone, first_name, last_name, locale, "
+    "last_activity_at, inserted_at, updated_at) SELECT %s::bigint, %s::text, "
+    "%s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz, "
+    "%s::timestamptz WHERE NOT EXISTS (SELECT FROM updated) "
+    "ON CONFLICT (store_id, phone) DO UPDATE SET "
+    "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
+    "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
+    "locale = COALESCE(EXCLUDED.locale, c.locale), "
+    "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
+)
+
+#: ``touch_contacts``: each phone once, with the names it ends with (a JSON array of
+#: objects: one parameter, parsed by the server), looked up by one index probe; found:
+#: updated (``ON CONFLICT``, keeping its id), else inserted with the next id, in the
+#: order the phones first came. ``{sequence}``: contacts' id sequence.
+TOUCH_CONTACTS = (
+    "INSERT INTO contacts AS c (id, store_id, phone, first_name, last_name, locale, "
+    "last_activity_at, inserted_at, updated_at) "
+    "SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), %(store_id)s::bigint, "
+    "g.phone, g.first_name, g.last_name, g.locale, %(stamp)s::timestamptz, "
+    "%(stamp)s::timestamptz, %(stamp)s::timestamptz "
+    "FROM ROWS FROM (json_to_recordset(%(given)s::json) "
+    "AS (phone text, first_name text, last_name text, locale text)) WITH ORDINALITY "
+    "AS g (phone, first_name, last_name, locale, ord) "
+    "LEFT JOIN LATERAL (SELECT id FROM contacts WHERE store_id = %(store_id)s::bigint "
+    "AND phone = g.phone LIMIT 1) AS found ON true ORDER BY g.ord "
+    "ON CONFLICT (store_id, phone) DO UPDATE SET "
+    "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
+    "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
+    "locale = COALESCE(EXCLUDED.locale, c.locale), "
+    "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
+)
+CONTACT_NAMES = ("first_name", "last_name", "locale")
+#: What ``schedule_messages`` stamps itself on every message.
+MESSAGE_STAMPS = (
+    "store_id",
+    "state",
+    "scheduled_at",
+    "next_attempt_at",
+    "inserted_at",
+    "updated_at",
+)
+
+
+@functools.cache
+def _messages_sql(columns: tuple[str, ...], sequence: str) -> str:
+    """``schedule_messages``: the messages (a JSON array of objects, their JSON columns
+    as text) looked up by dedupe key, one index probe each; found: rescheduled when
+    still scheduled or cancelled (``ON CONFLICT``, keeping its id), else inserted with
+    the next id, in order. ``sequence``: messages' id sequence."""
+    types = COLUMNS["messages"]
+    unknown = [column for column in columns if column not in types]
+    if unknown:
+        raise ValueError(f"no columns {unknown} in messages")
+    given = ", ".join(f"{c} {'text' if c in JSON_COLUMNS else _cast(types[c])}" for c in columns)
+    picked = ", ".join(f"g.{c}::json" if c in JSON_COLUMNS else f"g.{c}" for c in columns)
+    return (
+        f"INSERT INTO messages AS m (id, {', '.join(columns)}, {', '.join(MESSAGE_STAMPS)}) "
+        f"SELECT COALESCE(found.id, nextval('{sequence}'::regclass)), {picked}, "
+        "%(store_id)s::bigint, 'scheduled', %(due)s::timestamptz, %(due)s::timestamptz, "
+        "%(stamp)s::timestamptz, %(stamp)s::timestamptz "
+        f"FROM ROWS FROM (json_to_recordset(%(given)s::json) AS ({given})) WITH ORDINALITY "
+        f"AS g ({', '.join(columns)}, kanal_ord) "
+        "LEFT JOIN LATERAL (SELECT id FROM messages WHERE store_id = %(store_id)s::bigint "
+        "AND dedupe_key = g.dedupe_key LIMIT 1) AS found ON true ORDER BY g.kanal_ord "
+        "ON CONFLICT (store_id, dedupe_key) DO UPDATE SET "
+        "scheduled_at = EXCLUDED.scheduled_at, next_attempt_at = EXCLUDED.next_attempt_at, "
+        "parameters = EXCLUDED.parameters, contact_phone = EXCLUDED.contact_phone, "
+        "language = EXCLUDED.language, state = 'scheduled', cancelled_reason = NULL, "
+        "updated_at = EXCLUDED.updated_at WHERE m.state IN ('scheduled', 'cancelled')"
+    )
+
+
 class _TimestampLoader(Loader):
     """timestamptz as SQLite's engine stores it: ``datetime.isoformat()`` in UTC."""
 
@@ -365,6 +496,7 @@ class PostgresStorage:
         self.pool = pool
         self._held: ContextVar[_Held | None] = ContextVar(f"kanal_pg_{id(self)}", default=None)
         self._secret: bytes | None = None
+        self._sequences: dict[str, str] = {}
         #: The schema's version when opened and now (``migrate``).
         self.migrated = (-1, -1)
 
@@ -701,41 +833,76 @@ class PostgresStorage:
     async def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> list[bool]:
-        """``upsert`` for many records keyed by external_id, in order (one statement
-        each, pipelined), under the store's exclusive lock. ``rows``: each record's
-        values as stored (``encode``), in the order of ``columns``. Returns, per record,
-        whether it was created."""
+        """``upsert`` for many records keyed by external_id, in order, under the store's
+        exclusive lock. ``rows``: each record's values as stored (``encode``), in the
+        order of ``columns``. Returns, per record, whether it was created.
+
+        The rows are copied (``COPY``) into a temporary staging table, then written by
+        one statement: the rows that exist are updated, the others inserted in their
+        order (ids in file order; an update never draws an id), with ``ON CONFLICT`` for
+        one inserted meanwhile. A record that comes again starts a new such set, so
+        each version is written in turn, as by ``upsert`` one after the other."""
         if not rows:
             return []
         assert table != "customers", "customers come back from soft deletion: use upsert"
-        key = list(columns).index("external_id")
-        stamp = formats.now()
-        statements = [
-            self._upsert_sql(
-                table,
-                store_id,
-                dict(zip(columns, row, strict=True)),
-                {"external_id": row[key]},
-                stamp,
-            )
-            for row in rows
-        ]
+        columns = tuple(columns)
+        key = columns.index("external_id")
         created: list[bool] = []
         async with self.transaction() as conn:
             await self.lock_store(store_id)
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    statements[0][0],
-                    [params for _, params in statements],
-                    returning=True,
-                )
-                while True:
-                    row = await cursor.fetchone()
-                    assert row is not None
-                    created.append(bool(row["kanal_created"]))
-                    if not cursor.nextset():
-                        break
+            start, seen = 0, set()
+            for index, row in enumerate(rows):
+                if row[key] in seen:
+                    created += await self._upsert_set(
+                        conn, table, store_id, columns, rows[start:index]
+                    )
+                    start, seen = index, set()
+                seen.add(row[key])
+            created += await self._upsert_set(conn, table, store_id, columns, rows[start:])
         return created
+
+    async def _sequence(self, conn: Conn, table: str) -> str:
+        """The name of the sequence that draws ``table``'s ids (looked up once)."""
+        if (name := self._sequences.get(table)) is None:
+            cursor = await conn.execute("SELECT pg_get_serial_sequence(%s, 'id') AS name", (table,))
+            row = await cursor.fetchone()
+            assert row is not None and row["name"], f"no id sequence for {table}"
+            name = self._sequences[table] = row["name"]
+        return name
+
+    async def _upsert_set(
+        self,
+        conn: Conn,
+        table: str,
+        store_id: int,
+        columns: tuple[str, ...],
+        rows: Sequence[Sequence[Any]],
+    ) -> list[bool]:
+        """``upsert_many`` for rows whose external_ids differ: COPY, then one statement."""
+        stage, create, upsert = _set_sql(table, columns, await self._sequence(conn, table))
+        # The staging table is the session's (temporary), emptied at every commit: a
+        # pooled connection keeps no record of the import once its transaction ends.
+        await conn.execute(create, prepare=False)
+        convert = [
+            (index, sql_type)
+            for index, sql_type in enumerate(COLUMNS[table][c] for c in columns)
+            if sql_type in ("bigint", "boolean", "double precision")
+        ]
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            async with cursor.copy(
+                f"COPY {stage} ({', '.join(columns)}, kanal_ord) FROM STDIN"
+            ) as copy:
+                for number, row in enumerate(rows):
+                    if convert:
+                        row = list(row)
+                        for index, sql_type in convert:
+                            row[index] = to_db(sql_type, row[index])
+                    await copy.write_row((*row, number))
+            stamp = to_db("timestamptz", formats.now())
+            await cursor.execute(upsert, {"store_id": store_id, "stamp": stamp}, prepare=False)
+            fresh = {external_id for (external_id,) in await cursor.fetchall()}
+        key = columns.index("external_id")
+        return [row[key] in fresh for row in rows]
 
     async def patch(
         self,
@@ -789,6 +956,31 @@ class PostgresStorage:
         return await self._one(
             f"SELECT * FROM {table} WHERE store_id = %s::bigint AND external_id = %s::text",
             (store_id, external_id),
+        )
+
+    async def get_many(
+        self,
+        table: str,
+        store_id: int,
+        external_ids: Sequence[str],
+        columns: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The records of ``store_id`` with these external_ids, in that order (one each;
+        those that do not exist left out); only ``columns`` of them when given (with
+        external_id). One index probe each."""
+        types = {"id": "bigint", **self._types(table)}
+        if columns is not None and not set(columns) <= set(types):
+            raise ValueError(f"no columns {sorted(set(columns) - set(types))} in {table}")
+        keys = list(dict.fromkeys(external_ids))
+        if not keys:
+            return []
+        picked = "*" if columns is None else ", ".join(dict.fromkeys(["external_id", *columns]))
+        return await self._all(
+            "SELECT t.* FROM json_array_elements_text(%s::json) WITH ORDINALITY "
+            f"AS k (external_id, ord) JOIN LATERAL (SELECT {picked} FROM {table} "
+            "WHERE store_id = %s::bigint AND external_id = k.external_id LIMIT 1) AS t "
+            "ON true ORDER BY k.ord",
+            (to_json(keys), store_id),
         )
 
     # -- erasure ------------------------------------------------------------------
@@ -1019,38 +1211,44 @@ class PostgresStorage:
     # -- contacts and recovery ----------------------------------------------------
 
     async def touch_contact(self, store_id: int, customer: dict[str, Any]) -> None:
-        """Create or refresh the contact of a customer's phone (names last seen)."""
-        await self.touch_contacts(store_id, [contact_of(customer)])
+        """Create or refresh the contact of a customer's phone (names last seen). One
+        row's statement, updated first, inserted else (a touch never draws an id): a
+        request's, lighter than ``touch_contacts``'s set statement."""
+        phone, *names = contact_of(customer)
+        if not phone:
+            return
+        stamp = to_db("timestamptz", formats.now())
+        await self._run(
+            TOUCH_CONTACT,
+            (*names, stamp, stamp, store_id, phone, store_id, phone, *names, stamp, stamp, stamp),
+        )
 
     async def touch_contacts(self, store_id: int, contacts: Sequence[Contact]) -> None:
         """``touch_contact`` for many customers (``contact_of``), in order: the last
-        one seen wins."""
-        stamp = to_db("timestamptz", formats.now())
-        rows = []
+        one seen wins. One statement: a phone's names are the last ones given (a name
+        not given keeps the one before), the contacts that exist are updated, the
+        others inserted in the order their phones first came (an update never draws
+        an id)."""
+        merged: dict[str, dict[str, str | None]] = {}
         for phone, *names in contacts:
-            if phone:
-                update = (*names, stamp, stamp, store_id, phone)
-                rows.append((*update, store_id, phone, *names, stamp, stamp, stamp))
-        if not rows:
+            if not phone:
+                continue
+            if (known := merged.get(phone)) is None:
+                merged[phone] = {"phone": phone, **dict(zip(CONTACT_NAMES, names, strict=True))}
+            else:
+                for name, value in zip(CONTACT_NAMES, names, strict=True):
+                    if value is not None:
+                        known[name] = value
+        if not merged:
             return
-        async with self._connection() as conn, conn.cursor() as cursor:
-            # Updated first, inserted else: a touch never draws an id.
-            await cursor.executemany(
-                "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
-                "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
-                "last_activity_at = %s, updated_at = %s "
-                "WHERE store_id = %s AND phone = %s RETURNING 1) "
-                "INSERT INTO contacts AS c (store_id, phone, first_name, last_name, locale, "
-                "last_activity_at, inserted_at, updated_at) SELECT %s::bigint, %s::text, "
-                "%s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz, "
-                "%s::timestamptz WHERE NOT EXISTS (SELECT FROM updated) "
-                "ON CONFLICT (store_id, phone) DO UPDATE SET "
-                "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
-                "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
-                "locale = COALESCE(EXCLUDED.locale, c.locale), "
-                "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at",
-                rows,
-            )
+        params = {
+            "store_id": store_id,
+            "stamp": to_db("timestamptz", formats.now()),
+            "given": to_json(list(merged.values())),
+        }
+        async with self._connection() as conn:
+            sql = TOUCH_CONTACTS.format(sequence=await self._sequence(conn, "contacts"))
+            await conn.execute(sql, params)
 
     async def phones_with_open_abandoned(self, store_id: int, phones: set[str]) -> set[str]:
         """Which of ``phones`` have an abandoned checkout or cart not yet recovered."""
@@ -1245,6 +1443,36 @@ class PostgresStorage:
             "WHERE messages.state IN ('scheduled', 'cancelled')",
             (*set_params, *key, *params, *key),
         )
+
+    async def schedule_messages(
+        self, store_id: int, messages: Sequence[dict[str, Any]], due: str
+    ) -> None:
+        """``schedule_message`` for each of ``messages``, in order, all due at ``due``: one
+        statement (a message whose dedupe key comes again starts another)."""
+        if not messages:
+            return
+        shape = tuple(messages[0])
+        columns = tuple(column for column in shape if column not in MESSAGE_STAMPS)
+        if "dedupe_key" not in columns or any(tuple(m) != shape for m in messages):
+            # not one shape: one by one
+            for message in messages:
+                await self.schedule_message(store_id, message, due)
+            return
+        params = {
+            "store_id": store_id,
+            "due": to_db("timestamptz", due),
+            "stamp": to_db("timestamptz", formats.now()),
+        }
+        async with self._connection() as conn:
+            sql = _messages_sql(columns, await self._sequence(conn, "messages"))
+            start, seen = 0, set()
+            for index, message in enumerate([*messages, None]):
+                key = None if message is None else message["dedupe_key"]
+                if message is None or key in seen:
+                    given = [self.encode(m) for m in messages[start:index]]
+                    await conn.execute(sql, {**params, "given": to_json(given)}, prepare=False)
+                    start, seen = index, set()
+                seen.add(key)
 
     async def cancel_messages(
         self,

@@ -352,6 +352,40 @@ class Storage:
         """The record of ``store_id`` with this external_id, or None."""
         return self._decode(self._find(table, {"store_id": store_id, "external_id": external_id}))
 
+    def get_many(
+        self,
+        table: str,
+        store_id: int,
+        external_ids: Sequence[str],
+        columns: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The records of ``store_id`` with these external_ids, in that order (one each;
+        those that do not exist left out); only ``columns`` of them when given (with
+        external_id)."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk, marks in in_lists(list(dict.fromkeys(external_ids))):
+            for row in self.conn.execute(
+                f"SELECT {self._projection(table, columns)} FROM {table} "
+                f"WHERE store_id = ? AND external_id IN ({marks})",
+                (store_id, *chunk),
+            ):
+                decoded = self._decode(row)
+                assert decoded is not None
+                found[decoded["external_id"]] = decoded
+        return [found[key] for key in dict.fromkeys(external_ids) if key in found]
+
+    @staticmethod
+    def _projection(table: str, columns: Sequence[str] | None) -> str:
+        """``*``, or the known ``columns`` (and external_id) of ``table``."""
+        if table not in TABLES:
+            raise ValueError(f"no table {table}")
+        if columns is None:
+            return "*"
+        known = {"id", *TABLES[table]}
+        if not set(columns) <= known:
+            raise ValueError(f"no columns {sorted(set(columns) - known)} in {table}")
+        return ", ".join(dict.fromkeys(["external_id", *columns]))
+
     def erase_person(self, store_id: int, external_id: str, phone: str | None) -> bool:
         """Erase a person from the store (GDPR), wherever they appear; one transaction.
 
@@ -746,6 +780,13 @@ class Storage:
             "WHERE messages.state IN ('scheduled', 'cancelled')",
             tuple(row.values()),
         )
+
+    def schedule_messages(
+        self, store_id: int, messages: Sequence[dict[str, Any]], due: str
+    ) -> None:
+        """``schedule_message`` for each of ``messages``, in order, all due at ``due``."""
+        for message in messages:
+            self.schedule_message(store_id, message, due)
 
     def cancel_messages(
         self,
