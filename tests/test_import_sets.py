@@ -1,8 +1,8 @@
-"""`kanal import` on PostgreSQL (the COPY path of ``PostgresStorage.upsert_many`` and the
-set statement of ``touch_contacts``): what single POSTs to a kanal on PostgreSQL write.
+"""`kanal import` writes orders as sets (on PostgreSQL: the COPY path of
+``PostgresStorage.upsert_many`` and the set statement of ``touch_contacts``): what
+single POSTs to a real kanal write, on each engine.
 
-A throwaway cluster serves the module (``KANAL_TEST_POSTGRES_URL`` names a server of
-yours instead). The file has what the set statements must get right: an order three
+The file has what the set statements must get right: an order three
 times within one chunk, another twice with an order between, orders that come again in
 a later chunk, names given, left out and given again (the last one given wins), orders
 that recover abandoned checkouts, paid orders with confirmations on, an invalid line.
@@ -11,7 +11,7 @@ that recover abandoned checkouts, paid orders with confirmations on, an invalid 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ import pytest
 
 from kanal.bulk import import_file
 from kanal.storage import connect
-from kanal.throwaway import fresh_database, server
 
 from .conftest import Server, make_accounts
 
@@ -30,19 +29,10 @@ PHONES = [f"+3361200{n:04d}" for n in range(12)]
 TIMES = {"inserted_at", "updated_at", "last_activity_at", "next_attempt_at", "created_at"}
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    with server() as url:
-        yield url
-
-
 @pytest.fixture
-def databases(cluster: str) -> Iterator[tuple[str, str]]:
-    with (
-        fresh_database(cluster, "kanal_import_api") as api,
-        fresh_database(cluster, "kanal_import_bulk") as bulk,
-    ):
-        yield api, bulk
+def databases(new_db: Callable[[str], str]) -> tuple[str, str]:
+    """One database for the POSTs, one for the import, on the test's engine."""
+    return new_db("api"), new_db("bulk")
 
 
 def external_id(n: int) -> str:
@@ -128,7 +118,7 @@ def rows(db: str) -> dict[str, list[dict[str, Any]]]:
         storage.close()
 
 
-def test_import_on_postgresql_writes_what_single_posts_write(
+def test_import_writes_what_single_posts_to_a_real_server_write(
     databases: tuple[str, str], tmp_path: Path
 ) -> None:
     via_api, via_import = databases
