@@ -357,7 +357,9 @@ def _with_server_options(func: Any) -> Any:
 
 @main.command()
 @_with_server_options
-@click.option("--with-worker", is_flag=True, help="Also deliver messages, in a thread.")
+@click.option(
+    "--with-worker", is_flag=True, help="Also deliver messages and run import jobs, in threads."
+)
 @pool_size_option
 def serve(
     host: str, port: int, workers: int, db_path: str, with_worker: bool, pool_size: int | None
@@ -390,43 +392,64 @@ def serve(
     type=click.FloatRange(1),
     default=60.0,
     show_default=True,
-    help="Seconds a claimed message stays this worker's before others may retry it.",
+    help="Seconds a claimed message or import job stays this worker's before others may "
+    "take it over.",
 )
-@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Deliver what is due now and run the waiting import jobs, then exit.",
+)
 @pool_size_option
 def worker(
     db_path: str, interval: float, batch: int, lease: float, once: bool, pool_size: int | None
 ) -> None:
-    """Deliver due WhatsApp messages from the outbox (several may run at once)."""
+    """Deliver due WhatsApp messages from the outbox and run import jobs (several may run
+    at once, on any hosts)."""
     _check_contract("kanal worker did not start")
     import logging
     import signal
     import threading
 
+    from kanal.jobs import ImportRunner
     from kanal.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     delivery = Worker(connect(db_path, pool_size), lease_seconds=lease, batch=batch)
+    imports = ImportRunner(connect(db_path, pool_size), lease_seconds=lease)
     if once:
-        total = 0
+        total, jobs = 0, 0
         while handled := delivery.run_once():
             total += handled
-        click.echo(f"handled {total} messages")
+        while imports.run_once():
+            jobs += 1
+        imports.close()
+        click.echo(f"handled {total} messages, {jobs} import jobs")
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"worker delivering from {db_path}; Ctrl-C to stop")
+    click.echo(f"worker delivering and importing from {db_path}; Ctrl-C to stop")
+    runner = threading.Thread(
+        target=imports.run, args=(interval, stop), name="kanal-imports", daemon=True
+    )
+    runner.start()
     with contextlib.suppress(KeyboardInterrupt):
         delivery.run(interval, stop)
+    stop.set()
+    runner.join(timeout=30)
+    imports.close()
 
 
 def _start_worker_thread(db_path: str, pool_size: int | None = None) -> None:
     import threading
 
+    from kanal.jobs import ImportRunner
     from kanal.worker import Worker
 
     delivery = Worker(connect(db_path, pool_size))
     threading.Thread(target=delivery.run, name="kanal-worker", daemon=True).start()
+    imports = ImportRunner(connect(db_path, pool_size))
+    threading.Thread(target=imports.run, name="kanal-imports", daemon=True).start()
 
 
 @main.command()
