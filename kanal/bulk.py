@@ -288,10 +288,14 @@ class Report:
 SMALL_FILE = 4 * 1024 * 1024
 
 
+def default_checkers() -> int:
+    """A checking process per CPU but one, which the writer keeps (at least one)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def default_jobs(path: str) -> int:
-    """For a large file, a checking process per CPU but one, which the writer keeps
-    (at least one); none for a small one."""
-    return max(1, (os.cpu_count() or 1) - 1) if os.path.getsize(path) > SMALL_FILE else 0
+    """For a large file, ``default_checkers()``; none for a small one."""
+    return default_checkers() if os.path.getsize(path) > SMALL_FILE else 0
 
 
 def import_file(
