@@ -140,8 +140,22 @@ def read(stream: IO[bytes], array: bool | None = None) -> Iterator[tuple[int, An
 
 
 def records(payload: bytes, array: bool) -> Iterator[tuple[int, Any]]:
-    """``read`` over records held in memory (an import job's payload)."""
-    return read(io.BytesIO(payload), array)
+    """``read`` over records held in memory (an import job's payload, at most 20 MiB).
+    A JSON array is parsed whole, by the standard library as the API parses a body
+    (numbers of any size; yajl, which streams a file, stops at integers beyond 64
+    bits); a malformed one is a ValueError saying why."""
+    if not array:
+        return read(io.BytesIO(payload), False)
+    try:
+        items = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"malformed JSON array: {exc}") from None
+    if not isinstance(items, list):
+        raise ValueError("malformed JSON array: the payload is not an array")
+    if has_lone_surrogate(payload):
+        # Each item goes back to JSON text, refused as a line with one would be (a 422).
+        return enumerate((json.dumps(item).encode() for item in items), 1)
+    return enumerate(items, 1)
 
 
 def _array_items(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
