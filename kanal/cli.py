@@ -683,3 +683,88 @@ def import_(
     )
     if report.invalid:
         raise SystemExit(1)
+
+
+class PushFailed(click.ClickException):
+    """``kanal push`` could not go on (bad input, the server, the key): exit status 2."""
+
+    exit_code = 2
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--url", envvar="KANAL_URL", required=True, help="The kanal (env KANAL_URL).")
+@click.option(
+    "--key", envvar="KANAL_KEY", required=True, help="A key of the store (env KANAL_KEY)."
+)
+@click.option(
+    "--store",
+    "store_id",
+    type=click.IntRange(1, auth.MAX_STORE_ID),
+    required=True,
+    help="The store to import into.",
+)
+@click.option(
+    "--resource",
+    type=click.Choice(["orders", "checkouts", "carts", "customers", "shipments"]),
+    required=True,
+)
+@click.option(
+    "--job-size",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Records per import job (default: the most a job takes, 10,000).",
+)
+def push(file: str, url: str, key: str, store_id: int, resource: str, job_size: int | None) -> None:
+    """Send a file of records (JSON Lines or a JSON array) to a kanal over HTTP, as import
+    jobs; follow them, and list the records that were not written.
+
+    Exit status: 0 when every record was written; 1 when some were invalid (listed with
+    their line) or a job did not end done; 2 when the push could not go on (the file,
+    the URL, the key, the store), saying what was sent."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from kanal.push import Pusher, PushError
+
+    try:
+        with open(file, "rb") as stream:
+            stream.read(1)
+    except OSError as exc:
+        raise PushFailed(f"cannot read {file}: {exc.strerror or exc}") from None
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task(f"pushing {resource}", total=None)
+
+        def progress(done: int, known: int, read_all: bool) -> None:
+            bar.update(task, completed=done, total=known if read_all else max(known, 1))
+
+        pusher: Pusher | None = None
+        try:
+            pusher = Pusher(url, key, store_id, resource, job_size=job_size, progress=progress)
+            outcome = pusher.run(file)
+        except PushError as exc:
+            raise PushFailed(str(exc)) from None
+        except KeyboardInterrupt:
+            sent = pusher.sent() if pusher is not None else "nothing was sent"
+            raise PushFailed(f"interrupted; {sent}") from None
+    for number, errors in outcome.invalid:
+        for path, messages in errors.items():
+            for message in messages:
+                click.echo(f"line {number}: {message}" + (f" [{path}]" if path else ""), err=True)
+    for problem in outcome.problems:
+        click.echo(problem, err=True)
+    written = outcome.count("created") + outcome.count("updated")
+    rate = outcome.records / outcome.seconds if outcome.seconds else 0.0
+    click.echo(
+        f"{outcome.records} records in {len(outcome.jobs)} jobs: {written} imported "
+        f"({outcome.count('created')} created, {outcome.count('updated')} updated), "
+        f"{len(outcome.invalid)} invalid, in {outcome.seconds:.2f}s ({rate:,.0f} records/s)"
+    )
+    if outcome.invalid or outcome.problems:
+        raise SystemExit(1)
