@@ -722,6 +722,7 @@ def push(file: str, url: str, key: str, store_id: int, resource: str, job_size: 
     Exit status: 0 when every record was written; 1 when some were invalid (listed with
     their line) or a job did not end done; 2 when the push could not go on (the file,
     the URL, the key, the store), saying what was sent."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from kanal.push import Pusher, PushError
@@ -731,18 +732,25 @@ def push(file: str, url: str, key: str, store_id: int, resource: str, job_size: 
             stream.read(1)
     except OSError as exc:
         raise PushFailed(f"cannot read {file}: {exc.strerror or exc}") from None
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as bar:
-        task = bar.add_task(f"pushing {resource}", total=None)
+    # The bar, on a terminal only (on stderr: stdout keeps the summary alone).
+    bar = (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+            console=Console(stderr=True),
+        )
+        if sys.stderr.isatty()
+        else None
+    )
+    with bar or contextlib.nullcontext():
+        task = bar.add_task(f"pushing {resource}", total=None) if bar else None
 
         def progress(done: int, known: int, read_all: bool) -> None:
-            bar.update(task, completed=done, total=known if read_all else max(known, 1))
+            if bar is not None and task is not None:
+                bar.update(task, completed=done, total=known if read_all else max(known, 1))
 
         pusher: Pusher | None = None
         try:
