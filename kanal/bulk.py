@@ -33,6 +33,7 @@ import json
 import mmap
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -386,6 +387,7 @@ class Checking:
         self.jobs = jobs
         self.pool: ProcessPoolExecutor | None = None
         self.started: Future[bool] | None = None
+        self.lock = threading.Lock()
 
     def __enter__(self) -> Checking:
         return self
@@ -394,11 +396,22 @@ class Checking:
         self.close()
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = self.started = None
+        with self.lock:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = self.started = None
+
+    def warm(self) -> None:
+        """Start the worker processes now (a runner does, in a thread of its own, so that
+        its first large job does not wait for them)."""
+        if self.jobs > 0:
+            self._pool()
 
     def _pool(self) -> ProcessPoolExecutor:
+        with self.lock:
+            return self._started_pool()
+
+    def _started_pool(self) -> ProcessPoolExecutor:
         if self.pool is None:
             # Workers are forked from a fork server that has imported the checking code
             # once, not from this process: no SQLite connection crosses into a worker. A

@@ -411,7 +411,7 @@ def worker(
     import signal
     import threading
 
-    from kanal.jobs import ImportRunner
+    from kanal.jobs import IDLE, ImportRunner
     from kanal.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -430,7 +430,7 @@ def worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"worker delivering and importing from {db_path}; Ctrl-C to stop")
     runner = threading.Thread(
-        target=imports.run, args=(interval, stop), name="kanal-imports", daemon=True
+        target=imports.run, args=(min(interval, IDLE), stop), name="kanal-imports", daemon=True
     )
     runner.start()
     with contextlib.suppress(KeyboardInterrupt):

@@ -38,6 +38,8 @@ CHUNK = 1000
 #: Claims of one job after which it fails instead of being tried again (a job whose
 #: worker keeps dying on it must not take every worker down in turn).
 MAX_ATTEMPTS = 5
+#: Seconds between claims while no job is waiting: an upload waits this long at most.
+IDLE = 0.2
 #: Errors that say the database was out of reach for a moment: the job is left to its
 #: lease, and taken up again from its last committed chunk.
 TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError)
@@ -153,9 +155,11 @@ class ImportRunner:
             return state
         return None
 
-    def run(self, interval: float = 1.0, stop: threading.Event | None = None) -> None:
-        """Run jobs until stopped, sleeping ``interval`` seconds when none is waiting."""
+    def run(self, interval: float = IDLE, stop: threading.Event | None = None) -> None:
+        """Run jobs until stopped, sleeping ``interval`` seconds when none is waiting. The
+        checking processes start meanwhile, in a thread."""
         stop = stop or threading.Event()
+        threading.Thread(target=self.checking.warm, name="kanal-checking", daemon=True).start()
         while not stop.is_set():
             try:
                 busy = self.run_once()

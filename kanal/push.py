@@ -183,6 +183,7 @@ class Pusher:
         self.progress = progress
         self.rate_limit: int | None = None
         self.outcome = Outcome()
+        self.started: float | None = None
 
     # -- requests ---------------------------------------------------------------
 
@@ -251,7 +252,6 @@ class Pusher:
     def run(self, path: str) -> Outcome:
         """Send the file and follow its jobs to their end."""
         self.check()
-        started = time.perf_counter()
         pending = batches(path, self.records, self.size, self.outcome.invalid)
         waiting: Batch | None = None
         read_all = False
@@ -284,7 +284,8 @@ class Pusher:
             for job in unfinished:
                 self._follow(job)
         self.outcome.invalid.sort(key=lambda item: item[0])
-        self.outcome.seconds = time.perf_counter() - started
+        if self.started is not None:  # from the first byte sent to the last job's end
+            self.outcome.seconds = time.perf_counter() - self.started
         return self.outcome
 
     def sent(self) -> str:
@@ -301,6 +302,8 @@ class Pusher:
 
     def _send(self, batch: Batch) -> tuple[Job | None, float]:
         """Upload one job; (the job, 0), or (None, seconds to wait) when the store is busy."""
+        if self.started is None:
+            self.started = time.perf_counter()
         response = self._request(
             "POST",
             self._store_path(f"imports?resource={self.resource}"),
