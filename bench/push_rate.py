@@ -1,6 +1,7 @@
 """``kanal push`` against the clock: orders sent over HTTP, as import jobs, to a real server.
 
     .venv/bin/python -m bench.push_rate [--orders 100000] [--phones 20000] [--db sqlite|postgres]
+                                        [--rounds 3]
 
 The orders are bench.import_rate's (the seed recipe's, each with its own external_id
 and one of ``--phones`` customers' phones). A fresh database (a SQLite file, or with
@@ -9,7 +10,9 @@ and one of ``--phones`` customers' phones). A fresh database (a SQLite file, or 
 ``kanal push`` sends the file twice (every record created, then every record
 updated). For each push it prints push's own summary, whose time runs from the first
 byte sent to the last job ``done`` (the jobs' records per second), and the server's
-view: the jobs, and the span from the first job's upload to the last one's end.
+view: the jobs, and the span from the first job's upload to the last one's end. With
+``--rounds N`` it does it all N times (a fresh database and server each time) and ends
+with the median round's figures (the machine's other load comes and goes).
 """
 
 from __future__ import annotations
@@ -74,30 +77,47 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--phones", type=int, default=20_000)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kanal-push-"))
     try:
+        source = work / "orders.jsonl"
+        with source.open("w") as out:
+            for n in range(args.orders):
+                out.write(json.dumps(order(n, args.phones)) + "\n")
+        size = source.stat().st_size / 2**20
+        print(f"{args.orders} orders ({size:.1f} MiB), {args.phones} phones, {args.db}")
+        rates: dict[str, list[float]] = {"created": [], "updated": []}
         with contextlib.ExitStack() as stack:
-            db = str(work / "bench.db")
+            cluster = None
             if args.db == "postgres":
                 cluster = stack.enter_context(ThrowawayPostgres(durable=True)).url
-                db = stack.enter_context(fresh_database(cluster, "kanal_push"))
-            return run(args, work, db)
+            for number in range(1, args.rounds + 1):
+                print(f"round {number}:")
+                with contextlib.ExitStack() as fresh:
+                    db = str(work / f"bench-{number}.db")
+                    if cluster is not None:
+                        db = fresh.enter_context(fresh_database(cluster, "kanal_push"))
+                    for label, rate in run(args, work, source, db).items():
+                        rates[label].append(rate)
+        if args.rounds > 1:
+            medians = {label: sorted(found)[len(found) // 2] for label, found in rates.items()}
+            print(
+                f"median of {args.rounds} rounds: created {medians['created']:,.0f} records/s, "
+                f"updated {medians['updated']:,.0f} records/s"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
-def run(args: argparse.Namespace, work: Path, db: str) -> int:
-    source = work / "orders.jsonl"
-    with source.open("w") as out:
-        for n in range(args.orders):
-            out.write(json.dumps(order(n, args.phones)) + "\n")
+def run(args: argparse.Namespace, work: Path, source: Path, db: str) -> dict[str, float]:
+    """Push the file twice into a fresh server over ``db``; records/s of each push."""
     key = prepare(db)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = serve(db, port, work / "server.log")
-    size = source.stat().st_size / 2**20
-    print(f"{args.orders} orders ({size:.1f} MiB), {args.phones} phones, {args.db}")
+    rates = {}
     try:
         since = 0
         for label in ("created", "updated"):
@@ -107,12 +127,13 @@ def run(args: argparse.Namespace, work: Path, db: str) -> int:
             if done.returncode != 0:
                 raise SystemExit(f"kanal push failed ({done.returncode}):\n{done.stderr}")
             print(f"  {label}: {done.stdout.strip()}", flush=True)
+            rates[label] = float(done.stdout.rsplit("(", 1)[1].split()[0].replace(",", ""))
             print(f"  {' ' * len(label)}  {server_view(url, key, since)}", flush=True)
             since += (args.orders + 9_999) // 10_000
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return 0
+    return rates
 
 
 if __name__ == "__main__":
