@@ -207,6 +207,11 @@ class Pusher:
                 continue
             except httpx.TransportError as exc:
                 raise PushError(f"the connection to {self.base} failed: {exc}") from None
+            if response.status_code in (502, 503, 504) and method == "GET":
+                attempts += 1  # a read is safe to repeat; a server coming back
+                if attempts < CONNECT_ATTEMPTS:
+                    self.sleep(min(8.0, 0.5 * 2**attempts))
+                    continue
             if "x-ratelimit-limit" in response.headers:
                 self.rate_limit = int(response.headers["x-ratelimit-limit"])
             if response.status_code == 429 and wait_busy:
@@ -255,12 +260,9 @@ class Pusher:
         pending = batches(path, self.records, self.size, self.outcome.invalid)
         waiting: Batch | None = None
         read_all = False
-        wait_until = 0.0
         while True:
             unfinished = [job for job in self.outcome.jobs if not job.ended]
             while len(unfinished) < MAX_UNFINISHED and not read_all:
-                if time.monotonic() < wait_until:
-                    break
                 if waiting is None:
                     try:
                         waiting = next(pending, None)
@@ -271,8 +273,8 @@ class Pusher:
                         break
                     self.outcome.records += len(waiting.lines)
                 job, pause = self._send(waiting)
-                if job is None:
-                    wait_until = time.monotonic() + pause
+                if job is None:  # the store is busy (its rate limit, or others' jobs)
+                    self.sleep(pause)
                     break
                 self.outcome.jobs.append(job)
                 unfinished.append(job)
