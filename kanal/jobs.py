@@ -25,6 +25,7 @@ import itertools
 import logging
 import sqlite3
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from typing import Any
 
@@ -98,7 +99,7 @@ class ImportRunner:
         payload = self.storage.import_payload(store_id, job_id)
         if shop is None or payload is None:  # ended meanwhile
             return None
-        held, renewals = [lease], []
+        held, renewals = [lease], list[str]()
 
         def before() -> None:
             if self.storage.hold_import(store_id, job_id, held[0]) is None:
@@ -132,6 +133,10 @@ class ImportRunner:
                     held[0] = renewals.pop()
         except LeaseLost:
             log.info("%s: no longer this worker's (cancelled or taken over); stopped", label)
+            return None
+        except BrokenProcessPool:  # a checking process died (killed): start afresh later
+            log.exception("%s: a checking process died; left to its lease, to be resumed", label)
+            self.checking.close()
             return None
         except ValueError as exc:  # the payload does not parse as a whole
             return self._finish(job, held[0], "failed", str(exc))

@@ -502,3 +502,31 @@ def test_a_paused_stores_jobs_wait(api: Api, db: str, storage: Storage) -> None:
     storage.update_store(123, {"paused": 0})
     assert run_jobs(db) == 1
     assert get(api, f"imports/{job['id']}").json()["state"] == "done"
+
+
+def test_a_dead_checking_process_leaves_the_job_to_be_resumed(
+    api: Api, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checking process killed (the kernel's OOM killer, say) breaks the pool: the job
+    is left to its lease and resumed by the next claim, with new processes."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    job = upload(api, lines(order(1), order(2))).json()
+    storage = Storage(db)
+    runner = ImportRunner(storage, jobs=0, lease_seconds=1)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise BrokenProcessPool("A child process terminated abruptly")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(runner.checking, "checked", broken)
+    assert runner.run_once()
+    assert get(api, f"imports/{job['id']}").json()["state"] == "running"
+    monkeypatch.undo()
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    monkeypatch.setattr(formats, "clock", lambda: later)
+    assert runner.run_once()
+    done = get(api, f"imports/{job['id']}").json()
+    assert (done["state"], done["created"], done["processed"]) == ("done", 2, 2)
+    runner.close()
+    storage.close()
