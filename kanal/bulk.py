@@ -267,6 +267,33 @@ def _started() -> bool:
     return True
 
 
+def _watch(owner: int) -> None:
+    """In a checking process: exit when the process that owns the pool has gone, however
+    it went. (A pool's processes wait for work on a queue they also hold, so they would
+    not notice; a server stopped by a signal never shuts its pool down.)"""
+
+    def watch() -> None:
+        while _alive(owner):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="kanal-owner", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped) is gone too
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
 def _check_in_worker(resource: str, region: str | None, chunk: list[tuple[int, Any]]) -> Checked:
     return _checker(resource, region).check_chunk(chunk)
 
@@ -419,7 +446,9 @@ class Checking:
             # waiting.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["kanal.bulk", "handlers.orders"])
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=context)
+            self.pool = ProcessPoolExecutor(
+                self.jobs, mp_context=context, initializer=_watch, initargs=(os.getpid(),)
+            )
             self.started = self.pool.submit(_started)
         return self.pool
 
