@@ -54,6 +54,7 @@ pytest: $(STAMP) $(NODE_STAMP) postgres
 clients: $(STAMP) $(NODE_STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/openapi-python-client generate \
 		--path openapi.yaml --config clients/python/config.yaml \
+		--custom-template-path clients/python/templates \
 		--output-path build/kanal-client --overwrite
 	node_modules/.bin/openapi-typescript openapi.yaml -o clients/typescript/schema.d.ts
 	node_modules/.bin/tsc --noEmit -p clients/typescript

@@ -6,8 +6,8 @@
     python -m conformance.run --url https://staging.example --key KEY --store 42
 
 Locally, the runner creates a fresh SQLite database with store 123 (region FR, a
-rate limit high enough for fuzzing) and a key, starts ``kanal serve`` on a free
-loopback port with response validation on (``--db postgres``: on a fresh database
+rate limit high enough for fuzzing) and a key, starts ``kanal serve --with-worker``
+on a free loopback port with response validation on (``--db postgres``: on a fresh database
 of a throwaway PostgreSQL server instead), waits for ``/healthz``, runs
 Schemathesis with every check and every phase (conformance/schemathesis.toml),
 stops the server and leaves a JUnit XML report (conformance/reports/junit.xml).
@@ -115,7 +115,18 @@ def start_server(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KANAL_VALIDATE_RESPONSES": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kanal", "serve", "--db", db, "--port", str(port)],
+            # With its worker, so that the import jobs the run starts are run too.
+            [
+                sys.executable,
+                "-m",
+                "kanal",
+                "serve",
+                "--db",
+                db,
+                "--port",
+                str(port),
+                "--with-worker",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -32,7 +32,7 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kanal import errors, validation
+from kanal import errors, uploads
 from kanal.auth import AuthMiddleware
 from kanal.operations import OnceApi, OnceRequestValidationMiddleware
 from kanal.ratelimit import RateLimiter, current_limiter
@@ -108,6 +108,8 @@ class PathTable:
     def __init__(self, spec: dict[str, Any]) -> None:
         ordered = sorted(spec["paths"].items(), key=lambda item: item[0].count("{"))
         self.routes = []
+        #: (path, method, bytes) of the request bodies that state their own limit.
+        self.limited: list[tuple[re.Pattern[str], str, int]] = []
         for path, item in ordered:
             # A parameter of `format: path` takes the rest of the path, `/` included
             # (Connexion's rule); any other one segment.
@@ -126,6 +128,12 @@ class PathTable:
             if "GET" in methods:
                 methods.add("HEAD")
             self.routes.append((re.compile(f"^{pattern}$"), frozenset(methods)))
+            # A request body that states its own limit (an import's: x-kanal-max-bytes).
+            for method in methods & {"POST", "PUT", "PATCH"}:
+                body = resolve(spec, item[method.lower()].get("requestBody", {}))
+                if "x-kanal-max-bytes" in body:
+                    limit = int(body["x-kanal-max-bytes"])
+                    self.limited.append((re.compile(f"^{pattern}$"), method, limit))
 
     def methods(self, path: str) -> frozenset[str] | None:
         """The methods of the most specific path that matches, or None."""
@@ -133,6 +141,13 @@ class PathTable:
             if pattern.match(path):
                 return methods
         return None
+
+    def body_limit(self, path: str, method: str) -> int:
+        """The most bytes a request body may hold: the operation's own limit, else 1 MiB."""
+        for pattern, limited, limit in self.limited:
+            if method == limited and pattern.match(path):
+                return limit
+        return MAX_BODY
 
 
 class KanalASGI:
@@ -206,8 +221,9 @@ class KanalASGI:
         state: dict[str, Any] = {}
         scope["kanal"] = state
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            await self._too_large(send, 413 if length.isdigit() else 400)
+        limit = self.paths.body_limit(scope["path"], scope["method"])
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._too_large(send, 413 if length.isdigit() else 400, limit)
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             # No declared length (chunked): read up to the limit before going on.
@@ -216,8 +232,8 @@ class KanalASGI:
                 message = await receive()
                 messages.append(message)
                 size += len(message.get("body", b""))
-                if size > MAX_BODY:
-                    await self._too_large(send, 413)
+                if size > limit:
+                    await self._too_large(send, 413, limit)
                     return
                 if not message.get("more_body", False):
                     break
@@ -226,9 +242,9 @@ class KanalASGI:
         await self.app(scope, receive, with_rate_limit_headers(scope, send))
 
     @staticmethod
-    async def _too_large(send: Send, status: int) -> None:
+    async def _too_large(send: Send, status: int, limit: int = MAX_BODY) -> None:
         message = (
-            f"The request body must not be larger than {MAX_BODY} bytes."
+            f"The request body must not be larger than {limit} bytes."
             if status == 413
             else "Invalid Content-Length header."
         )
@@ -313,7 +329,7 @@ def create_app(
     app.add_api(
         copy.deepcopy(load_spec()),
         resolver=SnakeCaseResolver(),
-        validator_map=validation.VALIDATOR_MAP,
+        validator_map=uploads.VALIDATOR_MAP,
         validate_responses=validate_responses,
         # A query parameter the operation does not define is a 400 naming it.
         strict_validation=True,

@@ -1,8 +1,10 @@
-"""``kanal import``: bulk upserts from JSON Lines or a JSON array, through the API's own rules.
+"""Bulk upserts from JSON Lines or a JSON array, through the API's own rules: the one
+engine of ``kanal import`` (a file) and of import jobs (``POST /imports``, a payload
+stored in the database, run by ``kanal.jobs``).
 
 Each record is checked against the same request schema as ``POST /{resource}``
 (the fast validator decides, the reference one words the errors, exactly as in
-a 422). The file is streamed: JSON Lines line by line, a JSON array item by
+a 422). The records are streamed: JSON Lines line by line, a JSON array item by
 item (ijson), in chunks of ``batch`` records.
 
 Two stages:
@@ -17,22 +19,29 @@ Two stages:
   that can set anything off, as in the API. The other resources go through
   their API handler, record by record, with a savepoint each, so a record the
   handler refuses (a shipment of an unknown order) undoes only itself.
+
+A chunk's transaction can carry more of the caller's work (``Writer.write``'s
+``before`` and ``after``): an import job checks there that it still holds the job,
+and commits its progress and its invalid records' errors with the chunk's writes.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import json
 import mmap
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import ijson
 
@@ -50,6 +59,7 @@ RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 AHEAD = 2
 
 Errors = dict[str, list[str]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -116,15 +126,37 @@ def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
     raise RuntimeError("the handler awaited; it cannot run in bulk")
 
 
-def read(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
-    """(line or item number, the line's bytes or the array's item)."""
-    head = stream.peek(64) if hasattr(stream, "peek") else b""
-    if head.lstrip()[:1] == b"[":
+def read(stream: IO[bytes], array: bool | None = None) -> Iterator[tuple[int, Any]]:
+    """(line or item number, the line's bytes or the array's item). ``array``: whether
+    the records are a JSON array (None: a stream whose first character is ``[``)."""
+    if array is None:
+        head = stream.peek(64) if hasattr(stream, "peek") else b""
+        array = head.lstrip()[:1] == b"["
+    if array:
         yield from _array_items(stream)
         return
     for number, line in enumerate(stream, 1):
         if line.strip():
             yield number, line
+
+
+def records(payload: bytes, array: bool) -> Iterator[tuple[int, Any]]:
+    """``read`` over records held in memory (an import job's payload, at most 20 MiB).
+    A JSON array is parsed whole, by the standard library as the API parses a body
+    (numbers of any size; yajl, which streams a file, stops at integers beyond 64
+    bits); a malformed one is a ValueError saying why."""
+    if not array:
+        return read(io.BytesIO(payload), False)
+    try:
+        items = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"malformed JSON array: {exc}") from None
+    if not isinstance(items, list):
+        raise ValueError("malformed JSON array: the payload is not an array")
+    if has_lone_surrogate(payload):
+        # Each item goes back to JSON text, refused as a line with one would be (a 422).
+        return enumerate((json.dumps(item).encode() for item in items), 1)
+    return enumerate(items, 1)
 
 
 def _array_items(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
@@ -150,23 +182,32 @@ def _array_items(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
 
 
 def _lone_surrogate_in(stream: IO[bytes]) -> bool:
-    """Whether a (non-empty) JSON file escapes a lone surrogate anywhere: read once, mapped."""
+    """Whether a (non-empty) JSON file escapes a lone surrogate anywhere: read once, mapped
+    (held in memory: looked at there)."""
+    if isinstance(stream, io.BytesIO):
+        return has_lone_surrogate(stream.getbuffer().tobytes())
     with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as view:
         return has_lone_surrogate(view)
 
 
 def chunks(stream: IO[bytes], size: int) -> Iterator[tuple[list[tuple[int, Any]], int]]:
     """The records in chunks of ``size``, each with the file offset it ends at."""
-    records = read(stream)
-    while chunk := [item for _, item in zip(range(size), records, strict=False)]:
-        yield chunk, stream.tell()
+    return chunked(read(stream), size, stream.tell)
+
+
+def chunked(
+    items: Iterator[tuple[int, Any]], size: int, mark: Callable[[], T]
+) -> Iterator[tuple[list[tuple[int, Any]], T]]:
+    """``items`` in chunks of ``size``, each with ``mark()`` taken as it is cut."""
+    while chunk := [item for _, item in zip(range(size), items, strict=False)]:
+        yield chunk, mark()
 
 
 class Checker:
     """Parses and validates one resource's records, as the API does, for one store."""
 
     def __init__(self, resource: str, region: str | None) -> None:
-        self.resource = resource
+        self.resource, self.region = resource, region
         self.schema = body_schema(resource)
         self.rechecked = body_check(resource) is not None
         current_region.set(region)  # phone numbers are read in the store's region
@@ -192,6 +233,7 @@ class Checker:
     def check_chunk(self, chunk: list[tuple[int, Any]]) -> Checked:
         from handlers.orders import order_record
 
+        current_region.set(self.region)
         checked = Checked()
         for number, payload in chunk:
             body, errors = self.errors(payload)
@@ -209,22 +251,62 @@ class Checker:
         return checked
 
 
-_checker: Checker | None = None
+#: A checking process's checkers, by (resource, region).
+_checkers: dict[tuple[str, str | None], Checker] = {}
 
 
-def _start_worker(resource: str, region: str | None) -> None:
-    global _checker
-    _checker = Checker(resource, region)
+def _checker(resource: str, region: str | None) -> Checker:
+    found = _checkers.get((resource, region))
+    if found is None:
+        found = _checkers[(resource, region)] = Checker(resource, region)
+    return found
 
 
 def _started() -> bool:
-    """Done as soon as a worker is up (its initializer has run)."""
+    """Done as soon as a worker is up."""
     return True
 
 
-def _check_in_worker(chunk: list[tuple[int, Any]]) -> Checked:
-    assert _checker is not None
-    return _checker.check_chunk(chunk)
+def _watch(owner: int) -> None:
+    """In a checking process: exit when the process that owns the pool has gone, however
+    it went. (A pool's processes wait for work on a queue they also hold, so they would
+    not notice; a server stopped by a signal never shuts its pool down.)"""
+
+    def watch() -> None:
+        while _alive(owner):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="kanal-owner", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped) is gone too
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def _check_in_worker(resource: str, region: str | None, chunk: list[tuple[int, Any]]) -> Checked:
+    return _checker(resource, region).check_chunk(chunk)
+
+
+@dataclass
+class Tally:
+    """What one chunk came to: records processed (valid or not), created, updated, and
+    the invalid ones (number, errors) in order."""
+
+    processed: int = 0
+    created: int = 0
+    updated: int = 0
+    invalid: list[tuple[int, Errors]] = field(default_factory=list)
 
 
 @dataclass
@@ -238,15 +320,24 @@ class Report:
     def valid(self) -> int:
         return self.created + self.updated
 
+    def add(self, tally: Tally) -> None:
+        self.created += tally.created
+        self.updated += tally.updated
+        self.invalid.extend(tally.invalid)
+
 
 #: Files up to this size are checked in the importing process (workers take a moment to start).
 SMALL_FILE = 4 * 1024 * 1024
 
 
+def default_checkers() -> int:
+    """A checking process per CPU but one, which the writer keeps (at least one)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def default_jobs(path: str) -> int:
-    """For a large file, a checking process per CPU but one, which the writer keeps
-    (at least one); none for a small one."""
-    return max(1, (os.cpu_count() or 1) - 1) if os.path.getsize(path) > SMALL_FILE else 0
+    """For a large file, ``default_checkers()``; none for a small one."""
+    return default_checkers() if os.path.getsize(path) > SMALL_FILE else 0
 
 
 def import_file(
@@ -267,6 +358,31 @@ def import_file(
         store.close()
         raise ValueError(f"no store {store_id}")
     jobs = default_jobs(path) if jobs is None else jobs
+    started = time.perf_counter()
+    try:
+        with (
+            writing(store, shop, resource) as writer,
+            Path(path).open("rb") as stream,
+            Checking(jobs) as checking,
+        ):
+            for checked, offset in checking.checked(
+                chunks(stream, batch), resource, shop["region"]
+            ):
+                writer.write(checked)
+                if progress is not None:
+                    progress(offset, writer.report)
+    finally:
+        store.close()
+    writer.report.invalid.sort(key=lambda item: item[0])  # handler refusals came last
+    writer.report.seconds = time.perf_counter() - started
+    return writer.report
+
+
+@contextmanager
+def writing(store: Any, shop: dict[str, Any], resource: str) -> Iterator[Writer]:
+    """A writer of ``resource`` records into ``shop`` over ``store`` (SQLite's Storage,
+    or PostgreSQL's behind Blocking), with the request's context the API's code reads
+    (its storage, store and region) set while it is used."""
     if isinstance(store, Storage):
         # SQLite: the API's coroutines never suspend, and run here to their end.
         operations, run = AsyncStorage(store), _run_now
@@ -280,55 +396,86 @@ def import_file(
         current_store.set(shop),
         current_region.set(shop["region"]),
     )
-    writer = Writer(store, shop, resource, operations, run)
-    started = time.perf_counter()
     try:
-        with Path(path).open("rb") as stream:
-            for checked, offset in _checked(stream, batch, jobs, resource, shop["region"]):
-                writer.write(checked)
-                if progress is not None:
-                    progress(offset, writer.report)
+        yield Writer(store, shop, resource, operations, run)
     finally:
         for var, token in zip(
             (storage_module.current, current_store, current_region), tokens, strict=True
         ):
             var.reset(token)
-        store.close()
-    writer.report.invalid.sort(key=lambda item: item[0])  # handler refusals came last
-    writer.report.seconds = time.perf_counter() - started
-    return writer.report
 
 
-def _checked(
-    stream: IO[bytes], batch: int, jobs: int, resource: str, region: str | None
-) -> Iterator[tuple[Checked, int]]:
-    """The file's chunks, checked, in file order."""
-    if jobs <= 0:
-        checker = Checker(resource, region)
-        for chunk, offset in chunks(stream, batch):
-            yield checker.check_chunk(chunk), offset
-        return
-    # Workers are forked from a fork server that has imported the checking code once,
-    # not from this process: no SQLite connection crosses into a worker. A worker
-    # that dies fails the import (BrokenProcessPool) instead of leaving it waiting.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["kanal.bulk", "handlers.orders"])
-    with ProcessPoolExecutor(
-        jobs,
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(resource, region),
-    ) as pool:
-        started = pool.submit(_started)
+class Checking:
+    """Checks chunks in order: here, or in ``jobs`` worker processes, started at the
+    first chunk and kept until ``close()`` (an import job runner keeps them from one
+    job to the next)."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.pool: ProcessPoolExecutor | None = None
+        self.started: Future[bool] | None = None
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Checking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = self.started = None
+
+    def warm(self) -> None:
+        """Start the worker processes now (a runner does, in a thread of its own, so that
+        its first large job does not wait for them)."""
+        if self.jobs > 0:
+            self._pool()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self.lock:
+            return self._started_pool()
+
+    def _started_pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            # Workers are forked from a fork server that has imported the checking code
+            # once, not from this process: no SQLite connection crosses into a worker. A
+            # worker that dies fails the import (BrokenProcessPool) instead of leaving it
+            # waiting.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["kanal.bulk", "handlers.orders"])
+            self.pool = ProcessPoolExecutor(
+                self.jobs, mp_context=context, initializer=_watch, initargs=(os.getpid(),)
+            )
+            self.started = self.pool.submit(_started)
+        return self.pool
+
+    def checked(
+        self,
+        chunks: Iterable[tuple[list[tuple[int, Any]], T]],
+        resource: str,
+        region: str | None,
+        jobs: int | None = None,
+    ) -> Iterator[tuple[Checked, T]]:
+        """The chunks, checked, in order, each with its mark. ``jobs=0``: here this time."""
         here: Checker | None = None
-        pending: deque[tuple[Future[Checked], int]] = deque()
-        for chunk, offset in chunks(stream, batch):
-            if not started.done():  # while the workers start, the first chunks are checked here
+        if (self.jobs if jobs is None else jobs) <= 0:
+            here = Checker(resource, region)
+            for chunk, mark in chunks:
+                yield here.check_chunk(chunk), mark
+            return
+        pool = self._pool()
+        pending: deque[tuple[Future[Checked], T]] = deque()
+        for chunk, mark in chunks:
+            assert self.started is not None
+            if not self.started.done():  # while the workers start, chunks are checked here
                 here = here or Checker(resource, region)
-                yield here.check_chunk(chunk), offset
+                yield here.check_chunk(chunk), mark
                 continue
-            pending.append((pool.submit(_check_in_worker, chunk), offset))
-            if len(pending) >= AHEAD * jobs:
+            pending.append((pool.submit(_check_in_worker, resource, region, chunk), mark))
+            if len(pending) >= AHEAD * self.jobs:
                 result, done = pending.popleft()
                 yield result.result(), done
         while pending:
@@ -354,20 +501,37 @@ class Writer:
         self.check = body_check(resource)
         self.report = Report()
 
-    def write(self, checked: Checked) -> None:
-        self.report.invalid.extend(checked.invalid)
-        self.report.invalid.extend(
+    def write(
+        self,
+        checked: Checked,
+        *,
+        before: Callable[[], None] | None = None,
+        after: Callable[[Tally], None] | None = None,
+    ) -> Tally:
+        """Write a checked chunk in one transaction, in which ``before()`` runs first and
+        ``after(tally)`` last (what the chunk came to, its invalid records in order);
+        either may raise to roll the chunk back. Added to ``report`` once committed."""
+        tally = Tally(processed=len(checked.valid) + len(checked.invalid) + len(checked.recheck))
+        tally.invalid.extend(checked.invalid)
+        tally.invalid.extend(
             (number, self.run(functools.partial(merged, errors, self.check, body)))
             for number, errors, body in checked.recheck
         )
         with self.store.transaction():
+            if before is not None:
+                before()
             if self.resource == "orders":
-                self._orders(checked.columns, checked.valid)
+                self._orders(checked.columns, checked.valid, tally)
             else:
                 for number, body in checked.valid:
-                    self._one(number, body)
+                    self._one(number, body, tally)
+            tally.invalid.sort(key=lambda item: item[0])
+            if after is not None:
+                after(tally)
+        self.report.add(tally)
+        return tally
 
-    def _orders(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]]) -> None:
+    def _orders(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]], tally: Tally) -> None:
         """Orders as sets. An order that comes again within the chunk starts a new set,
         so each order's consequences follow its own version, as they do in the API."""
         if not valid:
@@ -376,12 +540,14 @@ class Writer:
         start, seen = 0, set()
         for index, (_, values, _) in enumerate(valid):
             if values[key] in seen:
-                self._order_set(columns, valid[start:index])
+                self._order_set(columns, valid[start:index], tally)
                 start, seen = index, set()
             seen.add(values[key])
-        self._order_set(columns, valid[start:])
+        self._order_set(columns, valid[start:], tally)
 
-    def _order_set(self, columns: tuple[str, ...], valid: list[tuple[Any, ...]]) -> None:
+    def _order_set(
+        self, columns: tuple[str, ...], valid: list[tuple[Any, ...]], tally: Tally
+    ) -> None:
         from kanal.records import follow_orders
 
         store_id = self.shop["id"]
@@ -390,17 +556,17 @@ class Writer:
         self.store.touch_contacts(store_id, [contact for _, _, contact in valid])
         written = [dict(zip(columns, values, strict=True)) for values in rows]
         self.run(functools.partial(follow_orders, self.operations, self.shop, written))
-        self.report.created += sum(created)
-        self.report.updated += len(created) - sum(created)
+        tally.created += sum(created)
+        tally.updated += len(created) - sum(created)
 
-    def _one(self, number: int, body: dict[str, Any]) -> None:
+    def _one(self, number: int, body: dict[str, Any], tally: Tally) -> None:
         try:
             with self.store.savepoint():
                 _, status = self.run(functools.partial(self.upsert, self.shop["id"], body))
         except ValidationFailed as exc:
-            self.report.invalid.append((number, exc.body["errors"]))
+            tally.invalid.append((number, exc.body["errors"]))
             return
         if status == 201:
-            self.report.created += 1
+            tally.created += 1
         else:
-            self.report.updated += 1
+            tally.updated += 1

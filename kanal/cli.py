@@ -357,7 +357,9 @@ def _with_server_options(func: Any) -> Any:
 
 @main.command()
 @_with_server_options
-@click.option("--with-worker", is_flag=True, help="Also deliver messages, in a thread.")
+@click.option(
+    "--with-worker", is_flag=True, help="Also deliver messages and run import jobs, in threads."
+)
 @pool_size_option
 def serve(
     host: str, port: int, workers: int, db_path: str, with_worker: bool, pool_size: int | None
@@ -390,47 +392,69 @@ def serve(
     type=click.FloatRange(1),
     default=60.0,
     show_default=True,
-    help="Seconds a claimed message stays this worker's before others may retry it.",
+    help="Seconds a claimed message or import job stays this worker's before others may "
+    "take it over.",
 )
-@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Deliver what is due now and run the waiting import jobs, then exit.",
+)
 @pool_size_option
 def worker(
     db_path: str, interval: float, batch: int, lease: float, once: bool, pool_size: int | None
 ) -> None:
-    """Deliver due WhatsApp messages from the outbox (several may run at once)."""
+    """Deliver due WhatsApp messages from the outbox and run import jobs (several may run
+    at once, on any hosts)."""
     _check_contract("kanal worker did not start")
     import logging
     import signal
     import threading
 
+    from kanal.jobs import IDLE, ImportRunner
     from kanal.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    storage = connect(db_path, pool_size)
+    storage, imports_storage = connect(db_path, pool_size), connect(db_path, pool_size)
     delivery = Worker(storage, lease_seconds=lease, batch=batch)
+    imports = ImportRunner(imports_storage, lease_seconds=lease)
     try:
         if once:
-            total = 0
+            total, jobs = 0, 0
             while handled := delivery.run_once():
                 total += handled
-            click.echo(f"handled {total} messages")
+            while imports.run_once():
+                jobs += 1
+            click.echo(f"handled {total} messages, {jobs} import jobs")
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        click.echo(f"worker delivering from {db_path}; Ctrl-C to stop")
+        click.echo(f"worker delivering and importing from {db_path}; Ctrl-C to stop")
+        runner = threading.Thread(
+            target=imports.run, args=(min(interval, IDLE), stop), name="kanal-imports", daemon=True
+        )
+        runner.start()
         with contextlib.suppress(KeyboardInterrupt):
             delivery.run(interval, stop)
+        stop.set()
+        runner.join(timeout=30)
     finally:
-        storage.close()  # on PostgreSQL: the pool's connections, its loop and thread
+        imports.close()
+        # On PostgreSQL: the pools' connections, their loops and threads.
+        storage.close()
+        imports_storage.close()
 
 
 def _start_worker_thread(db_path: str, pool_size: int | None = None) -> None:
     import threading
 
+    from kanal.jobs import ImportRunner
     from kanal.worker import Worker
 
     delivery = Worker(connect(db_path, pool_size))
     threading.Thread(target=delivery.run, name="kanal-worker", daemon=True).start()
+    imports = ImportRunner(connect(db_path, pool_size))
+    threading.Thread(target=imports.run, name="kanal-imports", daemon=True).start()
 
 
 @main.command()
@@ -664,4 +688,97 @@ def import_(
         f"{len(report.invalid)} invalid, in {report.seconds:.2f}s ({rate:,.0f} records/s)"
     )
     if report.invalid:
+        raise SystemExit(1)
+
+
+class PushFailed(click.ClickException):
+    """``kanal push`` could not go on (bad input, the server, the key): exit status 2."""
+
+    exit_code = 2
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--url", envvar="KANAL_URL", required=True, help="The kanal (env KANAL_URL).")
+@click.option(
+    "--key", envvar="KANAL_KEY", required=True, help="A key of the store (env KANAL_KEY)."
+)
+@click.option(
+    "--store",
+    "store_id",
+    type=click.IntRange(1, auth.MAX_STORE_ID),
+    required=True,
+    help="The store to import into.",
+)
+@click.option(
+    "--resource",
+    type=click.Choice(["orders", "checkouts", "carts", "customers", "shipments"]),
+    required=True,
+)
+@click.option(
+    "--job-size",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Records per import job (default: the most a job takes, 10,000).",
+)
+def push(file: str, url: str, key: str, store_id: int, resource: str, job_size: int | None) -> None:
+    """Send a file of records (JSON Lines or a JSON array) to a kanal over HTTP, as import
+    jobs; follow them, and list the records that were not written.
+
+    Exit status: 0 when every record was written; 1 when some were invalid (listed with
+    their line) or a job did not end done; 2 when the push could not go on (the file,
+    the URL, the key, the store), saying what was sent."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from kanal.push import Pusher, PushError
+
+    try:
+        with open(file, "rb") as stream:
+            stream.read(1)
+    except OSError as exc:
+        raise PushFailed(f"cannot read {file}: {exc.strerror or exc}") from None
+    # The bar, on a terminal only (on stderr: stdout keeps the summary alone).
+    bar = (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+            console=Console(stderr=True),
+        )
+        if sys.stderr.isatty()
+        else None
+    )
+    with bar or contextlib.nullcontext():
+        task = bar.add_task(f"pushing {resource}", total=None) if bar else None
+
+        def progress(done: int, known: int, read_all: bool) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=done, total=known if read_all else max(known, 1))
+
+        pusher: Pusher | None = None
+        try:
+            pusher = Pusher(url, key, store_id, resource, job_size=job_size, progress=progress)
+            outcome = pusher.run(file)
+        except PushError as exc:
+            raise PushFailed(str(exc)) from None
+        except KeyboardInterrupt:
+            sent = pusher.sent() if pusher is not None else "nothing was sent"
+            raise PushFailed(f"interrupted; {sent}") from None
+    for number, errors in outcome.invalid:
+        for path, messages in errors.items():
+            for message in messages:
+                click.echo(f"line {number}: {message}" + (f" [{path}]" if path else ""), err=True)
+    for problem in outcome.problems:
+        click.echo(problem, err=True)
+    written = outcome.count("created") + outcome.count("updated")
+    rate = outcome.records / outcome.seconds if outcome.seconds else 0.0
+    click.echo(
+        f"{outcome.records} records in {len(outcome.jobs)} jobs: {written} imported "
+        f"({outcome.count('created')} created, {outcome.count('updated')} updated), "
+        f"{len(outcome.invalid)} invalid, in {outcome.seconds:.2f}s ({rate:,.0f} records/s)"
+    )
+    if outcome.invalid or outcome.problems:
         raise SystemExit(1)

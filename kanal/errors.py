@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -77,7 +78,9 @@ async def http_error_handler(_request: ConnexionRequest, exc: Exception) -> Conn
     assert isinstance(exc, HTTPException)
     status = exc.status_code
     if status == 415:
-        message = "Unsupported content type; send application/json."
+        # Connexion's detail names what the operation consumes: "... expected ['a', 'b']".
+        expected = re.findall(r"'([^']+)'", str(exc.detail).rpartition("expected")[2])
+        message = f"Unsupported content type; send {' or '.join(expected or ['application/json'])}."
     else:
         message = MESSAGES.get(status) or str(exc.detail or "Bad request")
     headers = dict(exc.headers or {})

@@ -24,6 +24,8 @@ from kanal.records import Body, storage, window_start
 from kanal.render import (
     checkout_record,
     customer_record,
+    import_error_record,
+    import_record,
     message_record,
     order_record,
     shipment_record,
@@ -92,6 +94,8 @@ class Resource:
     filters: tuple[str, ...] = ()
     recovery: bool = False
     render: Render | None = None
+    #: The key of a page's records in the list's body (default: ``name``).
+    key: str | None = None
 
     def cutoff(self) -> str | None:
         return recovery_cutoff() if self.recovery else None
@@ -118,6 +122,10 @@ class Resource:
         self, store: AsyncStorage, store_id: int, where: Where, **page: Any
     ) -> list[Body]:
         rows = await store.select(self.table, store_id, where, cutoff=self.cutoff(), **page)
+        return await self.rendered(store, store_id, rows)
+
+    async def rendered(self, store: AsyncStorage, store_id: int, rows: list[Body]) -> list[Body]:
+        """Rows of the table as the API reads them."""
         if self.name == "contacts":
             return await contact_records(store, store_id, rows)
         if self.recovery:
@@ -178,6 +186,24 @@ RESOURCES = {
         ("state", "trigger"),
         render=message_record,
     ),
+    "imports": Resource(
+        "imports",
+        "imports",
+        "Import",
+        "inserted_at",
+        ("state", "resource"),
+        render=import_record,
+    ),
+    # An import's invalid records: a list of one import (``scope``), in upload order.
+    "import_errors": Resource(
+        "import_errors",
+        "import_errors",
+        "Import",
+        "id",
+        ("import_id",),
+        render=import_error_record,
+        key="errors",
+    ),
 }
 
 
@@ -236,9 +262,16 @@ async def by_external_id(name: str, store_id: int, external_id: str) -> Body:
 
 
 async def listing(
-    name: str, store_id: int, params: dict[str, Any]
+    name: str,
+    store_id: int,
+    params: dict[str, Any],
+    *,
+    scope: dict[str, Any] | None = None,
+    path: str | None = None,
 ) -> tuple[Body, int, dict[str, str]]:
-    """One page of a list, with Shopify's Link header for the neighbouring pages."""
+    """One page of a list, with Shopify's Link header for the neighbouring pages.
+    ``scope``: filters the path fixes (an import's errors: its ``import_id``), kept in
+    the cursors, which serve that path (``path``, default ``name``) alone."""
     resource, store = RESOURCES[name], storage()
     limit = params.pop("limit", None) or 50
     token = params.pop("page_info", None)
@@ -249,12 +282,19 @@ async def listing(
             raise error(400, "page_info cannot be combined with filters; only limit may change.")
         cursor = await decode_cursor(store, token, name, store_id)
         filters, direction, boundary = cursor["f"], cursor["d"], cursor["b"]
+        if any(filters.get(key) != value for key, value in (scope or {}).items()):
+            raise error(400, "Invalid page_info: use the cursors of the Link header as they are.")
+    else:
+        filters.update(scope or {})
     where = resource.where(filters)
     page = {"after": boundary} if direction == "next" else {"before": boundary}
-    records = await resource.rows(store, store_id, where, limit=limit, **page)
+    rows = await store.select(
+        resource.table, store_id, where, cutoff=resource.cutoff(), limit=limit, **page
+    )
+    records = await resource.rendered(store, store_id, rows)
     links = []
-    if records:
-        first, last = records[0]["id"], records[-1]["id"]
+    if rows:
+        first, last = rows[0]["id"], rows[-1]["id"]
         for rel, key, edge in (("previous", "before", first), ("next", "after", last)):
             more = await store.select(
                 resource.table, store_id, where, cutoff=resource.cutoff(), limit=1, **{key: edge}
@@ -271,11 +311,11 @@ async def listing(
                     },
                 )
                 links.append(
-                    f"</api/v1/stores/{store_id}/{name}?limit={limit}"
+                    f"</api/v1/stores/{store_id}/{path or name}?limit={limit}"
                     f'&page_info={token}>; rel="{rel}"'
                 )
     headers = {"Link": ", ".join(links)} if links else {}
-    return {name: records}, 200, headers
+    return {resource.key or name: records}, 200, headers
 
 
 async def counting(name: str, store_id: int, params: dict[str, Any]) -> Body:

@@ -204,3 +204,26 @@ def shipment_response(row: Body) -> Body:
             "status",
         ),
     )
+
+
+def import_record(row: Body) -> Body:
+    return {
+        "id": row["id"],
+        "store_id": row["store_id"],
+        "resource": row["resource"],
+        "state": row["state"],
+        "total": row["total"],
+        "processed": row["processed"],
+        "created": row["created"],
+        "updated": row["updated"],
+        "invalid": row["invalid"],
+        "failure": row["failure"],
+        "created_at": row["inserted_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def import_error_record(row: Body) -> Body:
+    return {"line": row["line"], "errors": row["errors"]}

@@ -255,6 +255,8 @@ class Server:
         self.env: dict[str, str] = {}
         #: Its own process group (os.killpg reaches the workers too).
         self.new_session = False
+        #: More options of `kanal serve` (``--with-worker``).
+        self.options: list[str] = []
 
     def start(self) -> Server:
         env = {**os.environ, "KANAL_VALIDATE_RESPONSES": "1", **self.env}
@@ -270,6 +272,7 @@ class Server:
                 str(self.port),
                 "--workers",
                 str(self.workers),
+                *self.options,
             ],
             cwd=self.cwd,
             env=env,

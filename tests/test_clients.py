@@ -43,6 +43,8 @@ def python_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "openapi.yaml",
         "--config",
         "clients/python/config.yaml",
+        "--custom-template-path",
+        "clients/python/templates",
         "--output-path",
         out,
     )
@@ -209,6 +211,53 @@ def test_generated_python_client_drives_the_recipe(
     assert invalid.errors.additional_properties == {
         "phone": ["The phone field must be a valid phone number."]
     }
+
+
+def test_generated_python_client_starts_follows_and_cancels_an_import(
+    python_client: Any, server: Server, keys: dict[str, Any]
+) -> None:
+    """POST /imports takes two media types; the generated client sends the JSON array.
+    (The server here runs no worker: the job waits, queued, until it is cancelled.)"""
+    from kanal_client import AuthenticatedClient
+    from kanal_client.api.imports import (
+        cancel_import,
+        create_import,
+        get_import,
+        list_import_errors,
+        list_imports,
+    )
+    from kanal_client.models import Error, Import, ImportResource, ImportState
+
+    client = AuthenticatedClient(
+        base_url=server.url, token=keys["store"], raise_on_unexpected_status=True
+    )
+    records = [
+        {
+            "external_id": f"ORDER-{n}",
+            "placed_at": "2026-05-18T10:00:00Z",
+            "total_price": 10 + n,
+            "customer": {"phone": "+33612345678"},
+        }
+        for n in range(3)
+    ]
+    started = create_import.sync_detailed(
+        store_id=123, client=client, body=records, resource=ImportResource.ORDERS
+    )
+    assert started.status_code == 202
+    job = started.parsed
+    assert isinstance(job, Import) and job.state is ImportState.QUEUED and job.total == 3
+    assert started.headers["location"] == f"/api/v1/stores/123/imports/{job.id}"
+    assert job.started_at is None and job.created_at.tzinfo is not None  # typed
+    found = get_import.sync(store_id=123, import_id=job.id, client=client)
+    assert isinstance(found, Import) and found.id == job.id
+    listed = list_imports.sync(store_id=123, client=client, state=ImportState.QUEUED)
+    assert [item.id for item in listed.imports] == [job.id]
+    cancelled = cancel_import.sync(store_id=123, import_id=job.id, client=client)
+    assert isinstance(cancelled, Import) and cancelled.state is ImportState.CANCELLED
+    again = cancel_import.sync_detailed(store_id=123, import_id=job.id, client=client)
+    assert again.status_code == 409 and isinstance(again.parsed, Error)
+    errors = list_import_errors.sync(store_id=123, import_id=job.id, client=client)
+    assert errors.errors == []
 
 
 TS_FILES = ROOT / "clients" / "typescript"

@@ -95,16 +95,11 @@ def test_unknown_store_is_an_error(tmp_path: Path, db: str, keys: dict[str, Any]
     assert result.exit_code == 1 and "no store 999" in result.output
 
 
-def test_import_writes_what_the_api_writes(tmp_path: Path, new_db: Callable[[str], str]) -> None:
-    """The same orders, POSTed one by one and imported in chunks with worker processes,
-    leave the same database: orders, contacts, attributed checkouts, scheduled messages.
-    The file has what the set path must get right: repeated orders within a chunk
-    (another phone, another time), orders that recover an abandoned checkout, paid
-    orders with confirmations on, invalid lines."""
-    from kanal.bulk import import_file
-
-    from .conftest import make_accounts
-
+def equivalence_file() -> tuple[list[dict[str, Any]], list[str]]:
+    """Checkouts to write first, then the orders' lines (JSON Lines) of the equivalence
+    tests: repeated orders within a chunk (another phone, another time) and in later
+    ones, orders that recover an abandoned checkout, paid orders (confirmations on),
+    invalid lines."""
     now = datetime.now(UTC).replace(microsecond=0)
     stamp = (now - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
     phones = [f"+336120000{n:02d}" for n in range(40)]
@@ -139,6 +134,20 @@ def test_import_writes_what_the_api_writes(tmp_path: Path, new_db: Callable[[str
         lines.append(json.dumps(order))
         if n % 37 == 0:
             lines.append(json.dumps({**order, "customer": {"phone": "not a phone"}}))
+    return checkouts, lines
+
+
+def test_import_writes_what_the_api_writes(tmp_path: Path, new_db: Callable[[str], str]) -> None:
+    """The same orders, POSTed one by one and imported in chunks with worker processes,
+    leave the same database: orders, contacts, attributed checkouts, scheduled messages.
+    The file has what the set path must get right: repeated orders within a chunk
+    (another phone, another time), orders that recover an abandoned checkout, paid
+    orders with confirmations on, invalid lines."""
+    from kanal.bulk import import_file
+
+    from .conftest import make_accounts
+
+    checkouts, lines = equivalence_file()
     source = tmp_path / "orders.jsonl"
     source.write_text("\n".join(lines) + "\n")
 

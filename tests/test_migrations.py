@@ -80,6 +80,14 @@ def test_a_database_made_before_versions_upgrades_in_place_and_keeps_every_row(
             headers=headers,
         )
         assert written.status_code == 201
+        # Import jobs (version 5): their tables are there.
+        started = client.post(
+            f"{base}/imports?resource=orders",
+            content=b'{"external_id": "ORDER-5"}\n',
+            headers={**headers, "Content-Type": "application/x-ndjson"},
+        )
+        assert started.status_code == 202 and started.json()["total"] == 1
+    assert {"imports", "import_payloads", "import_errors"} <= set(rows(db))
 
 
 def test_migrating_again_changes_nothing(tmp_path: Path) -> None:

@@ -429,6 +429,47 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
     await call("get no column", "get_many", "orders", 1, ["O10"], ["id", "nope"])
     await call("get no table", "get_many", "nope", 1, ["O10"])
 
+    # Import jobs.
+    job = {"resource": "orders", "format": "ndjson", "total": 3}
+    payload = b'{"external_id": "I1"}\n\n{"b": 2}\n{"c": 3}\n'
+    first = await call("import", "create_import", 1, job, payload, 2)
+    await call("import 2", "create_import", 1, {**job, "format": "json"}, b"[1, 2]", 2)
+    await call("import, too many", "create_import", 1, job, payload, 2)
+    await call("import, other store", "create_import", 2, job, b"{}\n", 2)
+    await call("import payload", "import_payload", 1, first["id"])
+    await call("import payload, other store", "import_payload", 2, first["id"])
+    at, lease = iso(BASE + timedelta(days=2)), iso(BASE + timedelta(days=2, minutes=1))
+    claimed = await call("claim import", "claim_import", at, lease)
+    await call("claim import 2", "claim_import", at, lease)
+    await call("claim import, other store", "claim_import", at, lease)
+    await call("claim import, none", "claim_import", at, lease)
+    renewed = iso(BASE + timedelta(days=2, minutes=2))
+    chunk = {"processed": 2, "created": 1, "updated": 0, "invalid": 1}
+    async with db.transaction():
+        await call("hold import", "hold_import", 1, claimed["id"], lease)
+        await call("advance import", "advance_import", 1, claimed["id"], lease, chunk,
+                   [(3, {"b": ["The b field is wrong."], "": ["x"]})], renewed)  # fmt: skip
+    await call("hold import, old lease", "hold_import", 1, claimed["id"], lease)
+    await call("advance import, old lease", "advance_import", 1, claimed["id"], lease, chunk,
+               [], renewed)  # fmt: skip
+    await call("claim import, lease held", "claim_import", iso(BASE + timedelta(days=2, minutes=1)),
+               lease)  # fmt: skip
+    later = iso(BASE + timedelta(days=2, minutes=3))
+    taken = await call(
+        "claim import, lease ran out", "claim_import", later, iso(BASE + timedelta(days=3))
+    )
+    await call("finish import, lost lease", "finish_import", 1, claimed["id"], renewed, "done")
+    await call("finish import", "finish_import", 1, taken["id"], iso(BASE + timedelta(days=3)),
+               "failed", "why")  # fmt: skip
+    await call("cancel import, ended", "cancel_import", 1, taken["id"])
+    await call("cancel import", "cancel_import", 1, first["id"] + 1)
+    await call("cancel import, unknown", "cancel_import", 1, 999)
+    await call("cancel import, other store", "cancel_import", 2, first["id"])
+    await call("payloads after", "import_payload", 1, first["id"])
+    await call("imports", "select", "imports", 1, [("state", "in", ["failed", "cancelled"])])
+    await call("imports count", "count", "imports", 1, [("resource", "=", "orders")])
+    await call("import errors", "select", "import_errors", 1, [("import_id", "=", claimed["id"])])
+
     # Reads: filters, cursors, counts.
     reads: list[tuple[str, list[Any], dict[str, Any]]] = [
         ("orders", [], {}),
@@ -491,7 +532,7 @@ async def scenario(db: Engine, clock: Clock) -> tuple[list[tuple[str, Any]], dic
 
     # Everything, as it stands.
     for table in ("orders", "checkouts", "carts", "customers", "shipments", "contacts",
-                  "messages"):  # fmt: skip
+                  "messages", "imports", "import_errors"):  # fmt: skip
         for store_id in (1, 2):
             await call(f"all {table} {store_id}", "select", table, store_id)
     await call("all stores", "list_stores")

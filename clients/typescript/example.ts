@@ -65,3 +65,37 @@ export async function recoverCheckout(): Promise<Checkout | undefined> {
   });
   return data;
 }
+
+type Import = components["schemas"]["Import"];
+
+// A backfill: records as a JSON array (the same records as JSON Lines go as
+// application/x-ndjson), then the job followed until it ends, and its invalid records.
+export async function backfill(): Promise<Import | undefined> {
+  const started = await kanal.POST("/api/v1/stores/{store_id}/imports", {
+    params: { path: store, query: { resource: "orders" } },
+    body: [
+      {
+        external_id: "ORDER-1002",
+        placed_at: "2026-05-18T11:00:00Z",
+        total_price: 19.5,
+        customer: { phone: "+33612345678" },
+      },
+    ],
+  });
+  if (!started.data) return undefined;
+  const job = { ...store, import_id: started.data.id };
+  let current: Import | undefined = started.data;
+  while (current && (current.state === "queued" || current.state === "running")) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    current = (await kanal.GET("/api/v1/stores/{store_id}/imports/{import_id}", {
+      params: { path: job },
+    })).data;
+  }
+  const invalid = await kanal.GET("/api/v1/stores/{store_id}/imports/{import_id}/errors", {
+    params: { path: job, query: { limit: 250 } },
+  });
+  for (const entry of invalid.data?.errors ?? []) {
+    console.log(`line ${entry.line}: ${JSON.stringify(entry.errors)}`);
+  }
+  return current;
+}

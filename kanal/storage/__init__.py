@@ -116,6 +116,8 @@ class AsyncStorage:
         "notification_state",
         "account",
         "reserve_permits",
+        "create_import",
+        "cancel_import",
     )
 
     def __init__(self, engine: Storage) -> None:

@@ -36,13 +36,14 @@ Schema, the way PostgreSQL users expect it
       need jsonb's operators or a GIN index, an expression index on ``(column::jsonb)``
       gives them without changing what is stored.
     - Ready to shard by store: every table that holds a store's data (orders, checkouts,
-      carts, customers, shipments, contacts, messages, rate_limits) has ``store_id`` in
-      its primary key (``(store_id, id)``) and in every unique index, shipments reference
-      orders by ``(store_id, order_id)``, and every query a request makes is scoped by
+      carts, customers, shipments, contacts, messages, rate_limits, and the import jobs'
+      imports, import_payloads, import_errors) has ``store_id`` in its primary key
+      (``(store_id, id)``) and in every unique index, shipments reference orders by
+      ``(store_id, order_id)``, and every query a request makes is scoped by
       ``store_id`` (Citus's rules for distributed tables). ``get_by_id``,
       ``notification_state`` and ``finish_message`` take an optional ``store_id=`` for
-      that; the worker's claim is the one query across stores. Teams, stores, api_keys
-      and settings are global (reference tables).
+      that; the workers' claims (messages, import jobs) are the queries across stores.
+      Teams, stores, api_keys and settings are global (reference tables).
     - The indexes of SQLite's schema, led by ``store_id``: the primary key serves the
       keyset pages (``store_id = ? AND id > ? ORDER BY id``); the list filters are
       ``(store_id, column, id)``, so a filtered page is an ordered index range too.
@@ -136,6 +137,7 @@ from kanal.storage.schema import (
     RECOVERED,
     RESOURCES,
     TABLES,
+    UNFINISHED,
     Contact,
     Where,
     contact_of,
@@ -154,17 +156,25 @@ DEFAULT_POOL_SIZE = 8
 # -- the schema ----------------------------------------------------------------
 
 #: Tables that hold a store's data: store_id leads their keys (ready to shard by it).
-STORE_TABLES = (*RESOURCES, "contacts", "messages", "rate_limits")
+STORE_TABLES = (
+    *RESOURCES,
+    "contacts",
+    "messages",
+    "rate_limits",
+    "imports",
+    "import_payloads",
+    "import_errors",
+)
 #: The accounts side: global tables.
 ACCOUNT_TABLES = ("teams", "stores", "api_keys", "settings")
 #: Tables whose ids the database draws (teams and stores are given theirs).
-IDENTITIES = (*RESOURCES, "contacts", "messages", "api_keys")
+IDENTITIES = (*RESOURCES, "contacts", "messages", "api_keys", "imports", "import_errors")
 TIMESTAMPS = {
     column for columns in TABLES.values() for column in columns if column.endswith("_at")
 } | {"lease_until"}
 BOOLEANS = {"paused", "notifications_enabled", "opted_out"}
 MONEY = {"total_price"}
-SQL_TYPES = {int: "bigint", str: "text", float: "double precision"}
+SQL_TYPES = {int: "bigint", str: "text", float: "double precision", bytes: "bytea"}
 
 
 def column_type(column: str, kind: type) -> str:
@@ -242,6 +252,8 @@ def _indexes() -> list[tuple[str, str]]:
         _index("customers", ["store_id", "phone"]),  # customer_ids, rebuild_contact
         _index("shipments", ["store_id", "order_id"]),  # the foreign key; erasure
         _index("api_keys", ["token_hash"], unique=True),
+        _index("import_errors", ["store_id", "import_id", "line"], unique=True),
+        _index("imports", ["state", "id"]),  # the claim
     ]
     for table in HOLDERS:
         found.append(_index(table, ["store_id", "customer_phone"]))
@@ -292,7 +304,8 @@ STEP_SQL: dict[int, str] = {}
 # -- values in and out -----------------------------------------------------------
 
 #: Advisory lock classes (the first key of the two-key form).
-LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_ACCOUNTS = 7301, 7302, 7303, 7304
+LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_IMPORTS = 7301, 7302, 7303, 7304
+LOCK_ACCOUNTS = 7305
 RECOVERY_STATUS = (
     "CASE WHEN status IN ({}) THEN 'recovered' "
     "WHEN status = 'abandoned' AND abandoned_at >= %s::timestamptz THEN 'abandoned' "
@@ -1704,3 +1717,181 @@ class PostgresStorage:
         )
         assert row is not None
         return float(row["window_start"]), int(row["last_granted"]), int(row["hits"])
+
+    # -- import jobs ----------------------------------------------------------------
+
+    async def create_import(
+        self, store_id: int, job: dict[str, Any], payload: bytes, unfinished_limit: int
+    ) -> dict[str, Any] | None:
+        """Queue an import job of the store with its payload, unless the store has
+        ``unfinished_limit`` jobs queued or running already (then None). Uploads of one
+        store queue on an advisory lock, so two at once (on any hosts) never make a third
+        unfinished job."""
+        stamp = formats.now()
+        async with self.transaction() as conn:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_IMPORTS, _lock_key(str(store_id)))
+            )
+            row = await self._one(
+                "SELECT count(*) AS n FROM imports WHERE store_id = %s::bigint "
+                "AND state = ANY(%s::text[])",
+                (store_id, list(UNFINISHED)),
+            )
+            if row is not None and row["n"] >= unfinished_limit:
+                return None
+            values = {**job, "store_id": store_id, "inserted_at": stamp, "updated_at": stamp}
+            marks, params = [], []
+            for column, value in values.items():
+                mark, bound = self._param("imports", column, value)
+                marks.append(mark)
+                params.append(bound)
+            written = await self._one(
+                f"INSERT INTO imports ({', '.join(values)}) VALUES ({', '.join(marks)}) "
+                "RETURNING *",
+                params,
+            )
+            assert written is not None
+            await self._run(
+                "INSERT INTO import_payloads (id, store_id, payload) "
+                "VALUES (%s::bigint, %s::bigint, %s::bytea)",
+                (written["id"], store_id, payload),
+            )
+        return written
+
+    async def claim_import(self, now: str, lease_until: str) -> dict[str, Any] | None:
+        """Atomically take the oldest job that is queued, or running under a lease that
+        ran out (its worker died): it is ``running`` under a new lease, its attempts
+        counted. Rows another claimer holds are skipped (``FOR UPDATE SKIP LOCKED``). A
+        paused store's jobs wait."""
+        at = to_db("timestamptz", now)
+        return await self._one(
+            "WITH due AS MATERIALIZED (SELECT store_id, id FROM imports "
+            "WHERE (state = 'queued' OR (state = 'running' AND lease_until <= %s)) "
+            "AND store_id NOT IN (SELECT id FROM stores WHERE paused) "
+            "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "UPDATE imports AS j SET state = 'running', attempts = j.attempts + 1, "
+            "lease_until = %s, started_at = COALESCE(j.started_at, %s), updated_at = %s "
+            "FROM due WHERE j.store_id = due.store_id AND j.id = due.id RETURNING j.*",
+            (at, to_db("timestamptz", lease_until), at, at),
+        )
+
+    async def import_payload(self, store_id: int, import_id: int) -> bytes | None:
+        """The records of a job as uploaded (None once it has ended)."""
+        row = await self._one(
+            "SELECT payload FROM import_payloads WHERE store_id = %s::bigint AND id = %s::bigint",
+            (store_id, import_id),
+        )
+        return None if row is None else bytes(row["payload"])
+
+    async def hold_import(
+        self, store_id: int, import_id: int, lease_until: str
+    ) -> dict[str, Any] | None:
+        """Inside a chunk's transaction, before its writes: the job, locked until the
+        chunk commits, if it is still running under this lease (a cancel or another
+        worker's claim since ends it here: None). A cancel arriving meanwhile waits for
+        the chunk, so it is seen between chunks."""
+        return await self._one(
+            "SELECT * FROM imports WHERE store_id = %s::bigint AND id = %s::bigint "
+            "AND state = 'running' AND lease_until = %s::timestamptz FOR UPDATE",
+            (store_id, import_id, to_db("timestamptz", lease_until)),
+        )
+
+    async def advance_import(
+        self,
+        store_id: int,
+        import_id: int,
+        lease_until: str,
+        progress: dict[str, int],
+        errors: Sequence[tuple[int, dict[str, list[str]]]],
+        renewed: str,
+    ) -> bool:
+        """Inside a chunk's transaction, after its writes: add the chunk's counts
+        (``processed``, ``created``, ``updated``, ``invalid``) to the job, record its
+        invalid records' errors and renew the lease, if it is still held; else nothing,
+        and the caller rolls the chunk back."""
+        changed = await self._run(
+            "UPDATE imports SET processed = processed + %s, created = created + %s, "
+            "updated = updated + %s, invalid = invalid + %s, lease_until = %s::timestamptz, "
+            "updated_at = %s::timestamptz WHERE store_id = %s::bigint AND id = %s::bigint "
+            "AND state = 'running' AND lease_until = %s::timestamptz",
+            (
+                progress["processed"],
+                progress["created"],
+                progress["updated"],
+                progress["invalid"],
+                to_db("timestamptz", renewed),
+                to_db("timestamptz", formats.now()),
+                store_id,
+                import_id,
+                to_db("timestamptz", lease_until),
+            ),
+        )
+        if not changed:
+            return False
+        if errors:
+            async with self._connection() as conn, conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO import_errors (store_id, import_id, line, errors) "
+                    "VALUES (%s::bigint, %s::bigint, %s::bigint, %s::json)",
+                    [(store_id, import_id, line, to_json(found)) for line, found in errors],
+                )
+        return True
+
+    async def finish_import(
+        self,
+        store_id: int,
+        import_id: int,
+        lease_until: str,
+        state: str,
+        failure: str | None = None,
+    ) -> bool:
+        """End a running job held under this lease (``done`` or ``failed``, with why);
+        its payload goes. False when the lease was lost (cancelled, or taken over)."""
+        stamp = to_db("timestamptz", formats.now())
+        async with self.transaction():
+            changed = await self._run(
+                "UPDATE imports SET state = %s, failure = %s, lease_until = NULL, "
+                "finished_at = %s, updated_at = %s WHERE store_id = %s::bigint "
+                "AND id = %s::bigint AND state = 'running' AND lease_until = %s::timestamptz",
+                (
+                    state,
+                    failure,
+                    stamp,
+                    stamp,
+                    store_id,
+                    import_id,
+                    to_db("timestamptz", lease_until),
+                ),
+            )
+            if changed:
+                await self._run(
+                    "DELETE FROM import_payloads WHERE store_id = %s::bigint AND id = %s::bigint",
+                    (store_id, import_id),
+                )
+        return bool(changed)
+
+    async def cancel_import(
+        self, store_id: int, import_id: int
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Cancel a job that is queued or running (what its chunks wrote stays; a worker
+        sees it before its next chunk). Returns the job as it now stands (None: no such
+        job) and whether this call cancelled it (False: it had ended already)."""
+        stamp = to_db("timestamptz", formats.now())
+        async with self.transaction():
+            row = await self._one(
+                "UPDATE imports SET state = 'cancelled', lease_until = NULL, finished_at = %s, "
+                "updated_at = %s WHERE store_id = %s::bigint AND id = %s::bigint "
+                "AND state = ANY(%s::text[]) RETURNING *",
+                (stamp, stamp, store_id, import_id, list(UNFINISHED)),
+            )
+            if row is not None:
+                await self._run(
+                    "DELETE FROM import_payloads WHERE store_id = %s::bigint AND id = %s::bigint",
+                    (store_id, import_id),
+                )
+                return row, True
+        found = await self._one(
+            "SELECT * FROM imports WHERE store_id = %s::bigint AND id = %s::bigint",
+            (store_id, import_id),
+        )
+        return found, False

@@ -133,6 +133,29 @@ TABLES: dict[str, dict[str, Any]] = {
         "metadata": str,
         **STAMPS,
     },
+    # Import jobs (POST /imports): one row a job, its progress committed chunk by chunk.
+    "imports": {
+        "store_id": int,
+        "resource": str,
+        "format": str,
+        "state": str,
+        "total": int,
+        "processed": int,
+        "created": int,
+        "updated": int,
+        "invalid": int,
+        "failure": str,
+        "attempts": int,
+        "lease_until": str,
+        "started_at": str,
+        "finished_at": str,
+        **STAMPS,
+    },
+    # A job's records as uploaded, where every worker on every host can read them; id is
+    # the job's. Deleted when the job ends.
+    "import_payloads": {"store_id": int, "payload": bytes},
+    # One row per invalid record of a job: its line and the 422's errors.
+    "import_errors": {"store_id": int, "import_id": int, "line": int, "errors": str},
 }
 DEFAULTS = {
     "stores": {"rate_limit": 60, "paused": 0, "attribution_days": 7},
@@ -140,14 +163,24 @@ DEFAULTS = {
     "carts": CHECKOUT_DEFAULTS,
     "contacts": {"opted_out": 0},
     "messages": {"state": "scheduled", "attempts": 0},
+    "imports": {
+        "state": "queued",
+        "processed": 0,
+        "created": 0,
+        "updated": 0,
+        "invalid": 0,
+        "attempts": 0,
+    },
 }
-JSON_COLUMNS = {"customer", "line_items", "tags", "metadata", "parameters"}
+JSON_COLUMNS = {"customer", "line_items", "tags", "metadata", "parameters", "errors"}
 # Filtered columns, indexed after store_id (the rowid rides along, so pages stay ordered).
 FILTER_INDEXES = {
     "orders": ["financial_status", "fulfillment_status"],
     "checkouts": ["status"],
     "carts": ["status"],
     "shipments": ["status"],
+    "imports": ["state", "resource"],
+    "import_errors": ["import_id"],
 }
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 # Tables whose records embed a customer (erased on a GDPR request).
@@ -190,7 +223,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         )
         for n, table in enumerate(("checkouts", "carts"))
     ),
+    (
+        5,
+        "import jobs: the imports, import_payloads and import_errors tables (created with "
+        "the schema; nothing to move)",
+        "SELECT 1",
+    ),
 ]
+#: Import jobs: the states of a job that has not ended, and of one that has.
+UNFINISHED = ("queued", "running")
+FINISHED = ("done", "failed", "cancelled")
 #: Values per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 IN_CHUNK = 500
 #: A condition on one column: (column, operator, value), joined with AND. The callers

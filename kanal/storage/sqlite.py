@@ -31,6 +31,7 @@ from kanal.storage.schema import (
     RECOVERED,
     RESOURCES,
     TABLES,
+    UNFINISHED,
     Contact,
     Where,
     contact_of,
@@ -158,6 +159,10 @@ class Storage:
             self.db.table(name).create_index(
                 ["store_id", "customer_external_id"], if_not_exists=True
             )
+        self.db.table("imports").create_index(["store_id", "id"], if_not_exists=True)
+        self.db.table("import_errors").create_index(
+            ["store_id", "import_id", "line"], unique=True, if_not_exists=True
+        )
         self.db.table("api_keys").create_index(["token_hash"], unique=True, if_not_exists=True)
         self.db.table("rate_limits").create_index(["store_id"], unique=True, if_not_exists=True)
         # A customer without external_id is keyed by phone: one live row per phone.
@@ -995,3 +1000,154 @@ class Storage:
                     (store_id, start, hits + granted),
                 )
         return start, granted, hits + granted
+
+    # -- import jobs ------------------------------------------------------
+
+    def create_import(
+        self, store_id: int, job: dict[str, Any], payload: bytes, unfinished_limit: int
+    ) -> dict[str, Any] | None:
+        """Queue an import job of the store with its payload, unless the store has
+        ``unfinished_limit`` jobs queued or running already (then None). One transaction,
+        so two uploads at once never make a third unfinished job."""
+        stamp = formats.now()
+        states = ", ".join(f"'{state}'" for state in UNFINISHED)
+        with self.transaction() as conn:
+            unfinished = conn.execute(
+                f"SELECT count(*) FROM imports WHERE store_id = ? AND state IN ({states})",
+                (store_id,),
+            ).fetchone()[0]
+            if unfinished >= unfinished_limit:
+                return None
+            row = {**job, "store_id": store_id, "inserted_at": stamp, "updated_at": stamp}
+            written = conn.execute(
+                f"INSERT INTO imports ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)}) "
+                "RETURNING *",
+                tuple(row.values()),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO import_payloads (id, store_id, payload) VALUES (?, ?, ?)",
+                (written["id"], store_id, payload),
+            )
+        return dict(written)
+
+    def claim_import(self, now: str, lease_until: str) -> dict[str, Any] | None:
+        """Atomically take the oldest job that is queued, or running under a lease that
+        ran out (its worker died): it is ``running`` under a new lease, its attempts
+        counted. A paused store's jobs wait."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "UPDATE imports SET state = 'running', attempts = attempts + 1, "
+                "lease_until = ?, started_at = COALESCE(started_at, ?), updated_at = ? "
+                "WHERE id = (SELECT id FROM imports WHERE (state = 'queued' "
+                "OR (state = 'running' AND lease_until <= ?)) "
+                "AND store_id NOT IN (SELECT id FROM stores WHERE paused = 1) "
+                "ORDER BY id LIMIT 1) RETURNING *",
+                (lease_until, now, now, now),
+            ).fetchone()
+        return None if row is None else dict(row)
+
+    def import_payload(self, store_id: int, import_id: int) -> bytes | None:
+        """The records of a job as uploaded (None once it has ended)."""
+        row = self.conn.execute(
+            "SELECT payload FROM import_payloads WHERE store_id = ? AND id = ?",
+            (store_id, import_id),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def hold_import(self, store_id: int, import_id: int, lease_until: str) -> dict[str, Any] | None:
+        """Inside a chunk's transaction, before its writes: the job, if it is still
+        running under this lease (a cancel or another worker's claim since ends it
+        here: None). The write lock holds it until the chunk commits."""
+        row = self.conn.execute(
+            "SELECT * FROM imports WHERE store_id = ? AND id = ? AND state = 'running' "
+            "AND lease_until = ?",
+            (store_id, import_id, lease_until),
+        ).fetchone()
+        return None if row is None else dict(row)
+
+    def advance_import(
+        self,
+        store_id: int,
+        import_id: int,
+        lease_until: str,
+        progress: dict[str, int],
+        errors: Sequence[tuple[int, dict[str, list[str]]]],
+        renewed: str,
+    ) -> bool:
+        """Inside a chunk's transaction, after its writes: add the chunk's counts
+        (``processed``, ``created``, ``updated``, ``invalid``) to the job, record its
+        invalid records' errors and renew the lease, if it is still held; else nothing,
+        and the caller rolls the chunk back."""
+        stamp = formats.now()
+        changed = self.conn.execute(
+            "UPDATE imports SET processed = processed + ?, created = created + ?, "
+            "updated = updated + ?, invalid = invalid + ?, lease_until = ?, updated_at = ? "
+            "WHERE store_id = ? AND id = ? AND state = 'running' AND lease_until = ?",
+            (
+                progress["processed"],
+                progress["created"],
+                progress["updated"],
+                progress["invalid"],
+                renewed,
+                stamp,
+                store_id,
+                import_id,
+                lease_until,
+            ),
+        ).rowcount
+        if not changed:
+            return False
+        self.conn.executemany(
+            "INSERT INTO import_errors (store_id, import_id, line, errors) VALUES (?, ?, ?, ?)",
+            [(store_id, import_id, line, to_json(found)) for line, found in errors],
+        )
+        return True
+
+    def finish_import(
+        self,
+        store_id: int,
+        import_id: int,
+        lease_until: str,
+        state: str,
+        failure: str | None = None,
+    ) -> bool:
+        """End a running job held under this lease (``done`` or ``failed``, with why);
+        its payload goes. False when the lease was lost (cancelled, or taken over)."""
+        stamp = formats.now()
+        with self.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE imports SET state = ?, failure = ?, lease_until = NULL, "
+                "finished_at = ?, updated_at = ? WHERE store_id = ? AND id = ? "
+                "AND state = 'running' AND lease_until = ?",
+                (state, failure, stamp, stamp, store_id, import_id, lease_until),
+            ).rowcount
+            if changed:
+                conn.execute(
+                    "DELETE FROM import_payloads WHERE store_id = ? AND id = ?",
+                    (store_id, import_id),
+                )
+        return bool(changed)
+
+    def cancel_import(self, store_id: int, import_id: int) -> tuple[dict[str, Any] | None, bool]:
+        """Cancel a job that is queued or running (what its chunks wrote stays; a worker
+        sees it before its next chunk). Returns the job as it now stands (None: no such
+        job) and whether this call cancelled it (False: it had ended already)."""
+        stamp = formats.now()
+        states = ", ".join(f"'{state}'" for state in UNFINISHED)
+        with self.transaction() as conn:
+            row = conn.execute(
+                "UPDATE imports SET state = 'cancelled', lease_until = NULL, finished_at = ?, "
+                f"updated_at = ? WHERE store_id = ? AND id = ? AND state IN ({states}) "
+                "RETURNING *",
+                (stamp, stamp, store_id, import_id),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "DELETE FROM import_payloads WHERE store_id = ? AND id = ?",
+                    (store_id, import_id),
+                )
+                return dict(row), True
+        found = self.conn.execute(
+            "SELECT * FROM imports WHERE store_id = ? AND id = ?", (store_id, import_id)
+        ).fetchone()
+        return (None if found is None else dict(found)), False
