@@ -23,18 +23,13 @@ from typing import Any
 import yaml
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
-from connexion.middleware import ConnexionMiddleware
-from connexion.middleware.context import ContextMiddleware
-from connexion.middleware.request_validation import RequestValidationMiddleware
-from connexion.middleware.security import SecurityMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kanal import errors, validation
-from kanal.auth import AuthMiddleware
-from kanal.operations import OnceApi, OnceRequestValidationMiddleware
+from kanal import errors, operations, validation
+from kanal.auth import with_rate_limit_headers
 from kanal.ratelimit import RateLimiter, current_limiter
 from kanal.spec import load_spec, resolve
 from kanal.storage import AsyncStorage, Storage, connect, current, is_postgres, open_async
@@ -235,24 +230,6 @@ class KanalASGI:
         await _send(send, status, b"application/json", json.dumps({"error": message}).encode())
 
 
-def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
-    """Wrap ``send`` to add the store's X-RateLimit-* headers, once, to the response."""
-
-    async def send_with_headers(message: Message) -> None:
-        headers = scope["kanal"].get("headers")
-        if message["type"] == "http.response.start" and headers:
-            present = {name.lower() for name, _ in message.get("headers", [])}
-            extra = [
-                (name.lower().encode(), value.encode())
-                for name, value in headers.items()
-                if name.lower().encode() not in present
-            ]
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return send_with_headers
-
-
 class RateLimitHeadersMiddleware:
     """Adds the headers inside response validation, so the validator sees them.
 
@@ -292,16 +269,10 @@ def create_app(
         async def opener() -> AsyncStorage:
             return storage
 
-    replaced = {
-        SecurityMiddleware: AuthMiddleware,
-        RequestValidationMiddleware: OnceRequestValidationMiddleware,
-    }
-    middlewares = [replaced.get(m, m) for m in ConnexionMiddleware.default_middlewares]
-    middlewares.insert(middlewares.index(ContextMiddleware), RateLimitHeadersMiddleware)
     app = AsyncApp(
         __name__,
         specification_dir=str(ROOT),
-        middlewares=middlewares,
+        middlewares=operations.middlewares([RateLimitHeadersMiddleware]),
         # Connexion serves Swagger UI; the documents it reads are served by KanalASGI.
         swagger_ui_options=SwaggerUIOptions(
             serve_spec=False,
@@ -309,7 +280,7 @@ def create_app(
             swagger_ui_path=f"{DOCS_BASE}/ui",
         ),
     )
-    app._middleware_app.api_cls = OnceApi  # per-operation work once, not per request
+    operations.install(app)  # per-operation work once, not per request
     app.add_api(
         copy.deepcopy(load_spec()),
         resolver=SnakeCaseResolver(),

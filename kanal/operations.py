@@ -14,12 +14,14 @@ of a second parse of the same bytes.
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 from copy import deepcopy
 from typing import Any
 
-from connexion.apps.asynchronous import AsyncApi, AsyncOperation
-from connexion.context import operation, receive, scope
+from connexion.apps.asynchronous import AsyncApi, AsyncASGIApp, AsyncOperation
+from connexion.context import _context, _operation, _receive, _scope, operation, receive, scope
 from connexion.datastructures import MediaTypeDict
 from connexion.decorators import StarletteDecorator
 from connexion.decorators.parameter import (
@@ -29,16 +31,28 @@ from connexion.decorators.parameter import (
     unwrap_decorators,
 )
 from connexion.decorators.response import AsyncResponseDecorator
-from connexion.lifecycle import ConnexionRequest
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import ConnexionMiddleware
+from connexion.middleware.abstract import ROUTING_CONTEXT
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
     RequestValidationMiddleware,
     RequestValidationOperation,
 )
+from connexion.middleware.response_validation import (
+    ResponseValidationMiddleware,
+    ResponseValidationOperation,
+)
+from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.security import SecurityMiddleware
 from connexion.uri_parsing import AbstractURIParser
 from connexion.utils import inspect_function_arguments, is_nullable, split_content_type
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kanal.auth import AuthMiddleware, guard, with_rate_limit_headers
 from kanal.checks import BODY_CHECKS
 from kanal.formats import current_region
 
@@ -257,7 +271,9 @@ class OnceRequestValidation(RequestValidationOperation):
             self._bodies[key] = validator
         return self._bodies[key]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def validate(self, scope: Scope, receive: Receive) -> tuple[Receive, Scope]:
+        """Connexion's steps, in its order: parameters, the media type, the body. Raises
+        what a failing step raises; the ``receive`` and scope that carry on."""
         # Parameters passed once pass again: remember the valid ones (path values,
         # query string, the store's region in which phone numbers are read).
         seen = (
@@ -275,6 +291,10 @@ class OnceRequestValidation(RequestValidationOperation):
         validator = self._body_validator(mime_type, encoding)
         if validator is not None:
             receive, scope = await validator.wrap_receive(receive, scope=scope)
+        return receive, scope
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        receive, scope = await self.validate(scope, receive)
         await self.next_app(scope, receive, send)
 
 
@@ -292,3 +312,219 @@ class OnceRequestValidationMiddleware(RequestValidationMiddleware):
     """Connexion's request validation middleware, making ``OnceRequestValidation``s."""
 
     api_cls = OnceRequestValidationAPI
+
+
+# -- the fast path ----------------------------------------------------------------
+
+
+def is_json(media_type: str) -> bool:
+    """Whether a media type is JSON (``application/json``, ``application/problem+json``)."""
+    mime = media_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
+
+
+class FastOperation:
+    """One operation's whole request path in one callable, built from the objects
+    Connexion resolved for it: kanal's auth and rate limit, Connexion's request
+    validation (``OnceRequestValidation.validate``: parameters, media type, body),
+    Connexion's response validation when it is on, the context Connexion's handlers
+    see, the handler's arguments by Connexion's rules (``Arguments``), the handler,
+    and the response built by Connexion's response decorator. What the middlewares
+    between them did for this operation (routing twice, security, lifespan, context)
+    is done once here; an exception goes out to Connexion's exception middleware, as
+    from any of them."""
+
+    def __init__(
+        self,
+        operation: Any,
+        handler: OnceOperation,
+        validation: OnceRequestValidation,
+        response_validation: Any,
+        guard: Any,
+        wrap_send: Any,
+    ) -> None:
+        self.operation = operation
+        self.function = handler._fn
+        self.validation = validation
+        self.guard = guard
+        self.wrap_send = wrap_send
+        # What OnceOperation's decorators would build for this operation, built here.
+        framework = OnceDecorator.framework
+        parameters = ArgumentsDecorator(
+            framework=framework, pythonic_params=handler.pythonic_params
+        )
+        self.uri_parser = operation.uri_parser_class(
+            operation.parameters, operation.body_definition()
+        )
+        self.arguments = Arguments(operation, self.function, parameters.sanitize_fn)
+        self.response = ResponseDecorator(framework=framework, jsonifier=handler.jsonifier)
+        self.framework = framework
+        self.endpoint: Any = self.respond
+        if isinstance(response_validation, ResponseValidationOperation):
+            # Connexion's response validation around the handler (its send wrapper), with
+            # the rate-limit headers added inside it, as in the middleware stack.
+            validating = copy.copy(response_validation)
+            validating.next_app = self.respond_with_headers
+            self.endpoint = validating
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.guard(scope)
+        receive, scope = await self.validation.validate(scope, receive)
+        await self.endpoint(scope, receive, send)
+
+    async def respond_with_headers(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.respond(scope, receive, self.wrap_send(scope, send))
+
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The context Connexion's ContextMiddleware gives the handler.
+        _context.set(scope.get("extensions", {}).get("connexion_context", {}))
+        _operation.set(self.operation)
+        _receive.set(receive)
+        _scope.set(scope)
+        request = ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
+        result = await self.function(**await self.arguments(request))
+        # As Connexion's AsyncResponseDecorator.
+        if self.framework.is_framework_response(result):
+            response = result
+        elif isinstance(result, ConnexionResponse):
+            response = self.framework.connexion_to_framework_response(result)
+        else:
+            response = self.response.build_framework_response(result)
+        await response(scope, receive, send)
+
+
+class FastPathMiddleware(RoutingMiddleware):
+    """Connexion's routing, then each operation's ``FastOperation`` in one call.
+
+    It sits right inside Connexion's exception middleware (so every error is rendered
+    as before) and routes with Connexion's own router (the routes and path converters
+    Connexion made from openapi.yaml). A request that fully matches an operation the
+    fast path can take goes to that operation's ``FastOperation``; anything else (no
+    route, a method the path does not take, the docs, an operation whose request body
+    is not JSON, a handler that is not a coroutine function) goes on through
+    Connexion's middleware stack unchanged.
+    """
+
+    #: Routing results remembered (method and path -> operation and path parameters).
+    ROUTES_KEPT = 4096
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app)
+        self.operations: dict[tuple[str, str | None], FastOperation | None] | None = None
+        self.routes: dict[tuple[str, str], tuple[Any, str, str, dict[str, Any]] | None] = {}
+
+    def _build(self, stack: list[Any]) -> None:
+        """Each operation's FastOperation (None where it falls back), from the middleware
+        stack Connexion built."""
+
+        def operations_of(kind: type) -> dict[tuple[str, str | None], Any]:
+            found: dict[tuple[str, str | None], Any] = {}
+            for layer in stack:
+                if isinstance(layer, kind):
+                    for base_path, apis in layer.apis.items():
+                        for api in apis:
+                            for operation_id, operation in api.operations.items():
+                                found.setdefault((base_path, operation_id), operation)
+            return found
+
+        contexts = operations_of(ContextMiddleware)
+        validations = operations_of(OnceRequestValidationMiddleware)
+        responses = operations_of(ResponseValidationMiddleware)
+        handlers = operations_of(AsyncASGIApp)
+        built: dict[tuple[str, str | None], FastOperation | None] = {}
+        for key, context in contexts.items():
+            operation = context.operation
+            handler = handlers.get(key)
+            validation = validations.get(key)
+            takes = (
+                isinstance(handler, OnceOperation)
+                and isinstance(validation, OnceRequestValidation)
+                and inspect.iscoroutinefunction(handler._fn)
+                and (not operation.is_request_body_defined or all(map(is_json, operation.consumes)))
+            )
+            built[key] = (
+                FastOperation(
+                    operation,
+                    handler,
+                    validation,
+                    responses.get(key),
+                    guard,
+                    with_rate_limit_headers,
+                )
+                if takes
+                else None
+            )
+        self.operations = built
+
+    def route(self, scope: Scope) -> tuple[Any, str, str, dict[str, Any]] | None:
+        """(FastOperation, api base path, operation id, path parameters) of a request
+        that fully matches an operation the fast path takes, else None: by Connexion's
+        router (Starlette's routes, converters and methods), remembered per method and
+        path."""
+        key = (scope["method"], scope["path"])
+        if key in self.routes:
+            return self.routes[key]
+        found = None
+        for mount in self.router.routes:
+            match, child = mount.matches(scope)
+            if match is not Match.FULL:
+                continue
+            inner = {**scope, **child}
+            for route in mount.app.routes:
+                match, leaf = route.matches(inner)
+                if match is Match.NONE:
+                    continue
+                if match is Match.FULL:
+                    operation_id = route.endpoint.operation_id
+                    base_path = mount.path
+                    assert self.operations is not None
+                    fast = self.operations.get((base_path, operation_id))
+                    if fast is not None:
+                        found = (fast, base_path, operation_id, leaf["path_params"])
+                break  # Starlette takes the first route that matches the path
+            break
+        if len(self.routes) >= self.ROUTES_KEPT:
+            self.routes.clear()
+        self.routes[key] = found
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.operations is None:
+            self._build(scope["app"].middleware_stack)
+        found = self.route(scope)
+        if found is None:
+            await self.app(scope, receive, send)  # Connexion's middleware stack
+            return
+        fast, base_path, operation_id, path_params = found
+        scope["path_params"] = dict(path_params)
+        extensions = scope.setdefault("extensions", {})
+        extensions.setdefault(ROUTING_CONTEXT, {}).update(
+            {"api_base_path": base_path, "operation_id": operation_id}
+        )
+        await fast(scope, receive, send)
+
+
+def middlewares(inner: list[Any]) -> list[Any]:
+    """The middleware stack kanal gives Connexion: Connexion's own, with kanal's
+    security (``AuthMiddleware``) and request validation in place of Connexion's, the
+    fast path right inside the exception middleware, and ``inner`` just before the
+    context middleware."""
+    replaced = {
+        SecurityMiddleware: AuthMiddleware,
+        RequestValidationMiddleware: OnceRequestValidationMiddleware,
+    }
+    stack = [replaced.get(m, m) for m in ConnexionMiddleware.default_middlewares]
+    stack.insert(stack.index(ExceptionMiddleware) + 1, FastPathMiddleware)
+    for middleware in inner:
+        stack.insert(stack.index(ContextMiddleware), middleware)
+    return stack
+
+
+def install(app: Any) -> None:
+    """Before ``add_api``: Connexion's operations built once, not per request."""
+    app._middleware_app.api_cls = OnceApi
