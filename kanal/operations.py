@@ -49,6 +49,8 @@ from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.uri_parsing import AbstractURIParser
 from connexion.utils import inspect_function_arguments, is_nullable, split_content_type
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response as StarletteResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -109,6 +111,17 @@ class Arguments:
         self.body_default = op.body_schema("application/json").get("default", {})
 
     async def __call__(self, request: ConnexionRequest) -> dict[str, Any]:
+        kwargs = self.parameters(request)
+        if self.body is not None:
+            kwargs[self.body] = self.body_value(await request.json())
+        return kwargs
+
+    def body_value(self, body: Any) -> Any:
+        """The handler's body argument for a parsed body (None: the schema's default)."""
+        return deepcopy(self.body_default) if body is None else body
+
+    def parameters(self, request: ConnexionRequest) -> dict[str, Any]:
+        """The path and query arguments (a function of the path and the query string)."""
         kwargs = {}
         for name, value in request.path_params.items():
             sanitized, definition = self.path.get(name, (self.sanitize(name), None))
@@ -121,9 +134,6 @@ class Arguments:
                 if name in self.query:
                     sanitized, definition = self.query[name]
                     kwargs[sanitized] = _get_val_from_param(value, definition)
-        if self.body is not None:
-            body = await request.json()
-            kwargs[self.body] = deepcopy(self.body_default) if body is None else body
         return kwargs
 
 
@@ -231,6 +241,7 @@ class OnceRequestValidation(RequestValidationOperation):
             security_query_params=self.security_query_params,
         )
         self._consumes = MediaTypeDict([(c.lower(), None) for c in op.consumes])
+        self._accepted: set[str] = set()  # media types found acceptable
         self._bodies: dict[tuple[str, str], Any] = {}
         self._valid_parameters: set[tuple[Any, ...]] = set()
 
@@ -249,8 +260,12 @@ class OnceRequestValidation(RequestValidationOperation):
         return mime_type, encoding or "utf-8"
 
     def validate_mime_type(self, mime_type: str) -> None:
+        if mime_type in self._accepted:
+            return
         if self._consumes and mime_type.lower() not in self._consumes:
             super().validate_mime_type(mime_type)  # raises Connexion's 415 problem
+        if len(self._accepted) < VALID_PARAMETERS_KEPT:
+            self._accepted.add(mime_type)
 
     def _body_validator(self, mime_type: str, encoding: str) -> Any:
         key = (mime_type, encoding)
@@ -325,6 +340,12 @@ def is_json(media_type: str) -> bool:
     )
 
 
+#: Values a remembered argument may hold (handed to every request as they are).
+IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+#: Responses whose sending is exactly its status, headers and body.
+PLAIN_RESPONSES = frozenset({StarletteResponse, StarletteJSONResponse})
+
+
 class FastOperation:
     """One operation's whole request path in one callable, built from the objects
     Connexion resolved for it: kanal's auth and rate limit, Connexion's request
@@ -359,6 +380,7 @@ class FastOperation:
             operation.parameters, operation.body_definition()
         )
         self.arguments = Arguments(operation, self.function, parameters.sanitize_fn)
+        self.parameters: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.response = ResponseDecorator(framework=framework, jsonifier=handler.jsonifier)
         self.framework = framework
         self.endpoint: Any = self.respond
@@ -383,8 +405,7 @@ class FastOperation:
         _operation.set(self.operation)
         _receive.set(receive)
         _scope.set(scope)
-        request = ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
-        result = await self.function(**await self.arguments(request))
+        result = await self.function(**await self.kwargs(scope, receive))
         # As Connexion's AsyncResponseDecorator.
         if self.framework.is_framework_response(result):
             response = result
@@ -392,7 +413,43 @@ class FastOperation:
             response = self.framework.connexion_to_framework_response(result)
         else:
             response = self.response.build_framework_response(result)
-        await response(scope, receive, send)
+        if type(response) in PLAIN_RESPONSES and response.background is None:
+            # What Starlette's Response.__call__ sends for it.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": response.raw_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        else:
+            await response(scope, receive, send)
+
+    async def kwargs(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The handler's arguments by Connexion's rules (``Arguments``): the path and
+        query arguments remembered per path and query string when they are plain
+        values, the body the validator parsed."""
+        key = (tuple(scope["path_params"].items()), scope.get("query_string", b""))
+        parameters = self.parameters.get(key)
+        request = None
+        if parameters is None:
+            request = ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
+            parameters = self.arguments.parameters(request)
+            if all(type(value) in IMMUTABLE for value in parameters.values()):
+                if len(self.parameters) >= VALID_PARAMETERS_KEPT:
+                    self.parameters.clear()
+                self.parameters[key] = parameters
+        kwargs = dict(parameters)
+        if self.arguments.body is not None:
+            state = scope.get("kanal") or {}
+            if BODY in state:
+                body = state[BODY]
+            else:
+                request = request or ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
+                body = await request.json()
+            kwargs[self.arguments.body] = self.arguments.body_value(body)
+        return kwargs
 
 
 class FastPathMiddleware(RoutingMiddleware):

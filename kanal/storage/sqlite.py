@@ -254,8 +254,13 @@ class Storage:
                     tuple(row.values()),
                 ).fetchone()
             else:
-                changes = {**values, "updated_at": stamp}
-                if table == "customers":
+                # Only the columns whose value changes: SQLite rewrites the entries of
+                # every index with a column in SET, so a record sent again as it was
+                # writes its row alone (and its updated_at).
+                present = set(existing.keys())
+                changes = {c: v for c, v in values.items() if c not in present or existing[c] != v}
+                changes["updated_at"] = stamp
+                if table == "customers" and existing["deleted_at"] is not None:
                     changes["deleted_at"] = None
                 assignments = ", ".join(f"{column} = ?" for column in changes)
                 written = conn.execute(
