@@ -278,10 +278,18 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 def create_app(
-    db_path: str | None = None, *, validate_responses: bool = False, pool_size: int | None = None
+    db_path: str | None = None,
+    *,
+    validate_responses: bool = False,
+    pool_size: int | None = None,
+    fast_path: bool | None = None,
 ) -> ASGIApp:
     """Build the ASGI application over ``db_path``: a SQLite file, or a PostgreSQL
-    database (``postgresql://...``, ``pool_size`` connections per process)."""
+    database (``postgresql://...``, ``pool_size`` connections per process). The fast
+    path (``kanal.operations``) is on unless ``fast_path`` is False, or, when it is
+    not given, ``KANAL_FAST_PATH=0`` (every request then takes Connexion's stack)."""
+    if fast_path is None:
+        fast_path = os.environ.get("KANAL_FAST_PATH") != "0"
     db = db_path or os.environ.get("KANAL_DB", DEFAULT_DB)
     if is_postgres(db):
         connect(db, pool_size).close()  # migrated before the first request
@@ -295,7 +303,7 @@ def create_app(
     app = AsyncApp(
         __name__,
         specification_dir=str(ROOT),
-        middlewares=operations.middlewares([RateLimitHeadersMiddleware]),
+        middlewares=operations.middlewares([RateLimitHeadersMiddleware], fast=fast_path),
         jsonifier=ResponseJsonifier(),
         # Connexion serves Swagger UI; the documents it reads are served by KanalASGI.
         swagger_ui_options=SwaggerUIOptions(

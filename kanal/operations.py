@@ -566,17 +566,18 @@ class FastPathMiddleware(RoutingMiddleware):
         await fast(scope, receive, send)
 
 
-def middlewares(inner: list[Any]) -> list[Any]:
+def middlewares(inner: list[Any], *, fast: bool = True) -> list[Any]:
     """The middleware stack kanal gives Connexion: Connexion's own, with kanal's
     security (``AuthMiddleware``) and request validation in place of Connexion's, the
-    fast path right inside the exception middleware, and ``inner`` just before the
-    context middleware."""
+    fast path right inside the exception middleware (unless ``fast`` is False), and
+    ``inner`` just before the context middleware."""
     replaced = {
         SecurityMiddleware: AuthMiddleware,
         RequestValidationMiddleware: OnceRequestValidationMiddleware,
     }
     stack = [replaced.get(m, m) for m in ConnexionMiddleware.default_middlewares]
-    stack.insert(stack.index(ExceptionMiddleware) + 1, FastPathMiddleware)
+    if fast:
+        stack.insert(stack.index(ExceptionMiddleware) + 1, FastPathMiddleware)
     for middleware in inner:
         stack.insert(stack.index(ContextMiddleware), middleware)
     return stack

@@ -94,6 +94,7 @@ class AsyncStorage:
     OPERATIONS = (
         "ping",
         "upsert",
+        "upsert_and_touch",
         "patch",
         "get",
         "get_by_id",

@@ -278,6 +278,26 @@ class Storage:
                 stored[column] = json.loads(stored[column])
         return stored, created
 
+    def upsert_and_touch(
+        self,
+        table: str,
+        store_id: int,
+        record: dict[str, Any],
+        key: dict[str, Any] | None = None,
+        *,
+        open_check: bool = False,
+    ) -> tuple[dict[str, Any], bool, bool]:
+        """``upsert``, ``touch_contact`` of the row's customer (the row itself for a
+        customer) and, with ``open_check``, whether its phone has an abandoned checkout or
+        cart not yet recovered (``phones_with_open_abandoned``), in one transaction. The
+        PostgreSQL engine sends them in one round trip. Returns (row, created, open)."""
+        with self.transaction():
+            row, created = self.upsert(table, store_id, record, key=key)
+            self.touch_contact(store_id, row.get("customer", row))
+            phone = row.get("customer_phone")
+            found = open_check and phone and self.phones_with_open_abandoned(store_id, {phone})
+        return row, created, bool(found)
+
     def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> list[bool]:
