@@ -295,7 +295,9 @@ def create_app(
         connect(db, pool_size).close()  # migrated before the first request
         opener = functools.partial(open_async, db, pool_size)
     else:
-        storage = AsyncStorage(Storage(db))  # the database is checked and migrated now
+        # The database is checked and migrated now; requests' transactions commit in
+        # groups (AsyncStorage.transaction).
+        storage = AsyncStorage(Storage(db), group_commit=True)
 
         async def opener() -> AsyncStorage:
             return storage

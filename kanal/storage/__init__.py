@@ -19,6 +19,7 @@ the migrations' numbered steps.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -117,18 +118,81 @@ class AsyncStorage:
         "reserve_permits",
     )
 
-    def __init__(self, engine: Storage) -> None:
+    def __init__(self, engine: Storage, *, group_commit: bool = False) -> None:
         self.engine = engine
+        #: Group commit (the server's storage): see ``transaction``.
+        self.group_commit = group_commit
+        self._group: asyncio.Future[None] | None = None
+        self._member: ContextVar[bool] = ContextVar(f"kanal_member_{id(self)}", default=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """One write transaction (or a part of the enclosing one)."""
-        with self.engine.transaction():
-            yield
+        """One write transaction (or a part of the enclosing one).
+
+        With ``group_commit`` (the server), the transactions of the requests that
+        reach this point in the same turn of the event loop share one SQLite
+        transaction: the first takes the write lock (flock, ``BEGIN IMMEDIATE``) and
+        schedules the ``COMMIT`` for the loop's next turn; each runs in a savepoint of
+        its own (a failing one undoes only itself and fails at once) and returns only
+        after that ``COMMIT``, so nothing is acknowledged before it is committed, and
+        a failed ``COMMIT`` fails every one of them. An operation outside these
+        transactions waits for the open group's ``COMMIT`` first (it never reads what
+        is not committed yet). One lock, one ``BEGIN`` and one ``COMMIT`` (one write
+        of each page the group changed) then serve several requests."""
+        if (
+            not self.group_commit
+            or self._member.get()
+            or (self._group is None and self.engine.conn.in_transaction)
+        ):
+            with self.engine.transaction():
+                yield
+            return
+        group = self._group
+        if group is None:
+            group = self._open_group()
+        token = self._member.set(True)
+        try:
+            with self.engine.savepoint("member"):
+                yield
+        finally:
+            self._member.reset(token)
+        await asyncio.shield(group)
+
+    def _open_group(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        self.engine.begin()
+        group: asyncio.Future[None] = loop.create_future()
+        self._group = group
+        loop.call_soon(self._commit_group, group)
+        return group
+
+    def _commit_group(self, group: asyncio.Future[None]) -> None:
+        self._group = None
+        try:
+            self.engine.end(commit=True)
+        except BaseException as exc:  # handed to every member: none is acknowledged
+            group.set_exception(exc)
+            group.exception()  # retrieved (a group whose members all failed has no one)
+        else:
+            group.set_result(None)
+
+    async def settled(self) -> None:
+        """Wait until no group transaction is open (outside one, before an operation)."""
+        while self._group is not None and not self._member.get():
+            await asyncio.wait([self._group])
+
+
+#: Operations that need not wait for an open group's COMMIT: they read only what no
+#: request writes (keys and stores).
+UNGROUPED = frozenset({"account", "ping"})
 
 
 def _awaited(name: str) -> Any:
+    waits = name not in UNGROUPED
+
     async def operation(self: AsyncStorage, *args: Any, **kwargs: Any) -> Any:
+        if waits and self._group is not None and not self._member.get():
+            await self.settled()
         return getattr(self.engine, name)(*args, **kwargs)
 
     operation.__name__ = operation.__qualname__ = name

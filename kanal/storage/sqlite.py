@@ -172,29 +172,50 @@ class Storage:
         if self.conn.in_transaction:
             yield self.conn  # part of the enclosing transaction
             return
+        self.begin()
+        try:
+            yield self.conn
+        except BaseException:
+            self.end(commit=False)
+            raise
+        self.end(commit=True)
+
+    def begin(self) -> None:
+        """Take the write lock (the flock, then ``BEGIN IMMEDIATE``); ``end`` leaves it."""
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
+        except BaseException:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            raise
+
+    def end(self, *, commit: bool) -> None:
+        """Commit (or roll back) the transaction ``begin`` started; the flock goes either
+        way (a failed COMMIT is rolled back)."""
+        try:
+            if commit:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+            else:
                 self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
 
     @contextmanager
-    def savepoint(self) -> Iterator[sqlite3.Connection]:
+    def savepoint(self, name: str = "part") -> Iterator[sqlite3.Connection]:
         """Inside a transaction: a part that undoes itself alone when it fails."""
-        self.conn.execute("SAVEPOINT part")
+        self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK TO part")
-            self.conn.execute("RELEASE part")
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
             raise
-        self.conn.execute("RELEASE part")
+        self.conn.execute(f"RELEASE {name}")
 
     def ping(self) -> bool:
         return self.conn.execute("SELECT 1").fetchone()[0] == 1
