@@ -156,3 +156,38 @@ def test_without_group_commit_each_transaction_commits(tmp_path: Path) -> None:
         assert stored(store) == ["A"]
     finally:
         engine.close()
+
+
+def test_waiting_for_another_process_does_not_block_the_loop(grouped: Any) -> None:
+    """While another process holds the write lock, the group waits for it in a thread:
+    the event loop serves other work meanwhile, and the transactions that arrive join
+    the same group, committed once the lock is free."""
+    import fcntl
+
+    other = open(f"{grouped.engine.path}.lock", "a+b")  # noqa: SIM115 (another holder)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    ticks = 0
+
+    async def write(external_id: str) -> None:
+        async with grouped.transaction():
+            await grouped.upsert("orders", STORE, order(external_id))
+
+    async def main() -> None:
+        nonlocal ticks
+        writes = [asyncio.ensure_future(write("A"))]
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+            ticks += 1
+            if len(writes) < 3:
+                writes.append(asyncio.ensure_future(write(f"B{len(writes)}")))
+        assert grouped.ends == [] and not any(w.done() for w in writes)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        await asyncio.gather(*writes)
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.close()
+    assert ticks == 20
+    assert grouped.ends == [True]
+    assert stored(grouped) == ["A", "B1", "B2"]

@@ -79,6 +79,17 @@ __all__ = [
 ]
 
 
+class _Group:
+    """The transactions committed together (``AsyncStorage.transaction``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.opened: asyncio.Future[None] = loop.create_future()  # the write lock is held
+        self.committed: asyncio.Future[None] = loop.create_future()
+        self.opening: asyncio.Future[None] | None = None
+        self.pending = 0  # members that have not finished their part yet
+        self.closing = False  # the COMMIT is scheduled
+
+
 class AsyncStorage:
     """The storage as the request path uses it: every operation awaited, a transaction
     entered with ``async with``. This is the interface an engine offers the
@@ -122,7 +133,7 @@ class AsyncStorage:
         self.engine = engine
         #: Group commit (the server's storage): see ``transaction``.
         self.group_commit = group_commit
-        self._group: asyncio.Future[None] | None = None
+        self._group: _Group | None = None
         self._member: ContextVar[bool] = ContextVar(f"kanal_member_{id(self)}", default=False)
 
     @asynccontextmanager
@@ -149,37 +160,60 @@ class AsyncStorage:
             return
         group = self._group
         if group is None:
-            group = self._open_group()
-        token = self._member.set(True)
+            group = self._group = _Group(asyncio.get_running_loop())
+            if self.engine.try_begin():
+                group.opened.set_result(None)
+            else:  # another process writes: wait for its lock without blocking the loop
+                group.opening = asyncio.ensure_future(self._open(group))
+        group.pending += 1
         try:
-            with self.engine.savepoint("member"):
-                yield
+            if not group.opened.done():
+                await asyncio.shield(group.opened)
+            group.opened.result()  # raises when the group could not open
+            token = self._member.set(True)
+            try:
+                with self.engine.savepoint("member"):
+                    yield
+            finally:
+                self._member.reset(token)
         finally:
-            self._member.reset(token)
-        await asyncio.shield(group)
+            group.pending -= 1
+            if group.pending == 0 and group.opened.done() and not group.closing:
+                group.closing = True
+                asyncio.get_running_loop().call_soon(self._commit_group, group)
+        await asyncio.shield(group.committed)
 
-    def _open_group(self) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        self.engine.begin()
-        group: asyncio.Future[None] = loop.create_future()
-        self._group = group
-        loop.call_soon(self._commit_group, group)
-        return group
+    async def _open(self, group: _Group) -> None:
+        """Take the write lock for ``group`` in a thread (another process holds it)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.wait_lock)
+            self.engine.begin_locked()
+        except BaseException as exc:
+            if self._group is group:
+                self._group = None
+            group.opened.set_exception(exc)
+            group.opened.exception()  # retrieved: each member raises it
+            return
+        group.opened.set_result(None)
+        if group.pending == 0 and not group.closing:  # its members were all cancelled
+            group.closing = True
+            self._commit_group(group)
 
-    def _commit_group(self, group: asyncio.Future[None]) -> None:
-        self._group = None
+    def _commit_group(self, group: _Group) -> None:
+        if self._group is group:
+            self._group = None
         try:
             self.engine.end(commit=True)
         except BaseException as exc:  # handed to every member: none is acknowledged
-            group.set_exception(exc)
-            group.exception()  # retrieved (a group whose members all failed has no one)
+            group.committed.set_exception(exc)
+            group.committed.exception()  # retrieved (its members may all have failed)
         else:
-            group.set_result(None)
+            group.committed.set_result(None)
 
     async def settled(self) -> None:
         """Wait until no group transaction is open (outside one, before an operation)."""
         while self._group is not None and not self._member.get():
-            await asyncio.wait([self._group])
+            await asyncio.wait([self._group.committed])
 
 
 #: Operations that need not wait for an open group's COMMIT: they read only what no

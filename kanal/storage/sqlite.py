@@ -182,7 +182,24 @@ class Storage:
 
     def begin(self) -> None:
         """Take the write lock (the flock, then ``BEGIN IMMEDIATE``); ``end`` leaves it."""
+        self.wait_lock()
+        self.begin_locked()
+
+    def try_begin(self) -> bool:
+        """``begin`` if no other process holds the write lock now; else False at once."""
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.begin_locked()
+        return True
+
+    def wait_lock(self) -> None:
+        """Wait for the flock (may run in another thread: it touches no SQLite state)."""
         fcntl.flock(self.lock, fcntl.LOCK_EX)
+
+    def begin_locked(self) -> None:
+        """``BEGIN IMMEDIATE``, the flock held (released if that fails)."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
