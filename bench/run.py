@@ -81,8 +81,8 @@ def start(
     raise SystemExit(f"server did not start: {command}")
 
 
-def wrk(port: int, key: str, seconds: int, connections: int) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_KEY": key}
+def wrk(port: int, key: str, seconds: int, connections: int, phones: int = 1) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_KEY": key, "BENCH_PHONES": str(phones)}
     out = subprocess.run(
         [
             "wrk",
@@ -117,8 +117,8 @@ def _measure(command: list[str], args: argparse.Namespace, work: Path, db: str) 
     port = free_port()
     proc = start([*command, "--port", str(port)], db, port)
     try:
-        wrk(port, key, 3, args.connections)  # warm-up: first inserts, caches
-        return wrk(port, key, args.seconds, args.connections)
+        wrk(port, key, 3, args.connections, args.phones)  # warm-up: first inserts, caches
+        return wrk(port, key, args.seconds, args.connections, args.phones)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -186,6 +186,13 @@ def main() -> int:
         help="which servers take turns (plain, peer, baseline, kanal1, kanal2...; all by default)",
     )
     parser.add_argument(
+        "--phones",
+        type=int,
+        default=1,
+        help="customers' phones the orders are spread over (default 1: the seed order's, "
+        "on every order, the benchmark's workload)",
+    )
+    parser.add_argument(
         "--kanal-args",
         nargs="*",
         default=[],
@@ -214,9 +221,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [name for name in chosen if name not in known]
     if unknown:
         raise SystemExit(f"unknown servers {unknown}: choose among {list(known)}")
+    phones = "the seed's phone" if args.phones <= 1 else f"{args.phones:,} phones"
     print(
-        f"POST full seed order, {args.connections} connections, {args.seconds}s per run, "
-        f"{args.rounds} rounds (median round shown)"
+        f"POST full seed order ({phones}), {args.connections} connections, "
+        f"{args.seconds}s per run, {args.rounds} rounds (median round shown)"
     )
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for number in range(1, args.rounds + 1):
