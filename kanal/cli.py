@@ -464,7 +464,7 @@ def demo(host: str, port: int, workers: int, server: str, db_path: str) -> None:
             f"Demo store {DEMO_STORE} is ready at http://{host}:{port}, but the demo key was "
             f"revoked; use a key from `kanal keys create --store {DEMO_STORE} --db {db_path}`."
         )
-    run_server(db_path, host, port, workers, server=server)
+    run_server(db_path, host, port, workers, None, server)
 
 
 #: The ``settings`` entry that marks a database as one ``kanal demo`` set up.
