@@ -275,6 +275,18 @@ MIGRATIONS_TABLE = (
 #: PostgreSQL's rendering of a numbered step, where SQLite's SQL would not do.
 STEP_SQL: dict[int, str] = {}
 
+#: ``account``: the key of a token hash and a store, in one statement (a row of nulls
+#: for what is not found); their columns are prefixed ``k__`` and ``s__``.
+ACCOUNT_SQL = (
+    "SELECT "
+    + ", ".join(
+        f"{alias}.{column} AS {alias}__{column}"
+        for alias, table in (("k", "api_keys"), ("s", "stores"))
+        for column in COLUMNS[table]
+    )
+    + " FROM (SELECT 1) AS one LEFT JOIN api_keys AS k ON k.token_hash = %s::text "
+    "LEFT JOIN stores AS s ON s.id = %s::bigint"
+)
 #: ``touch_contacts`` for one contact (``upsert_and_touch`` pipelines it): updated
 #: first, inserted else, so a touch never draws an id.
 TOUCH_ONE_CONTACT = (
@@ -1501,17 +1513,16 @@ class PostgresStorage:
         self, token_hash: str, store_id: int
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The key with this hash and the store, as ``find_key`` and ``get_store`` give
-        them: both read in one round trip (a pipeline) on every call, so a key revoked
-        or a store paused from any host counts from the next request on."""
-        async with self._connection() as conn:
-            async with conn.pipeline():
-                keys = await conn.execute(
-                    "SELECT * FROM api_keys WHERE token_hash = %s::text", (token_hash,)
-                )
-                stores = await conn.execute(
-                    "SELECT * FROM stores WHERE id = %s::bigint", (store_id,)
-                )
-            return await keys.fetchone(), await stores.fetchone()
+        them: both read by one statement on every call, so a key revoked or a store
+        paused from any host counts from the next request on."""
+        row = await self._one(ACCOUNT_SQL, (token_hash, store_id))
+        assert row is not None  # one row, whatever matches
+        return tuple(  # type: ignore[return-value]
+            None
+            if row[f"{prefix}__id"] is None
+            else {column: row[f"{prefix}__{column}"] for column in COLUMNS[table]}
+            for prefix, table in (("k", "api_keys"), ("s", "stores"))
+        )
 
     async def find_key(self, token_hash: str) -> dict[str, Any] | None:
         return await self._one("SELECT * FROM api_keys WHERE token_hash = %s::text", (token_hash,))
