@@ -1,15 +1,28 @@
-"""Connexion's operation layer, with its per-operation work done once.
+"""Everything of kanal that leans on Connexion's internals, in this one module
+(Connexion is pinned; tests/test_fastpath.py fails on an upgrade that changes what
+is relied on here).
 
-Connexion 3's ``AsyncOperation`` builds a new ``StarletteDecorator`` on every
-request, and that decorator wraps the handler again (``inspect.signature``,
-parameter and response decorators) and builds a new URI parser, also on every
-request. None of that depends on the request. Here it is built once per
-operation; what Connexion does per request (parameters parsed and typed by its
-URI parser, the response built by its response decorator) is unchanged.
+Connexion's operation layer, with its per-operation work done once. Connexion 3's
+``AsyncOperation`` builds a new ``StarletteDecorator`` on every request, and that
+decorator wraps the handler again (``inspect.signature``, parameter and response
+decorators) and builds a new URI parser, also on every request. None of that
+depends on the request. Here it is built once per operation; what Connexion does
+per request (parameters parsed and typed by its URI parser, the response built by
+its response decorator) is unchanged.
 
 The JSON body is parsed once: the body validator keeps the object it validated
 in ``scope["kanal"]["body"]`` and the handler receives that very object instead
 of a second parse of the same bytes.
+
+The fast path (``FastPathMiddleware``, ``FastOperation``): right inside Connexion's
+exception middleware, a request that Connexion's own router matches to an operation
+whose body is JSON (or absent) and whose handler is a coroutine function runs in one
+call built at start from the objects Connexion resolved for that operation: kanal's
+auth and rate limit, Connexion's request validation, the context, the handler's
+arguments by Connexion's rules, the handler, the response by Connexion's response
+decorator (and Connexion's response validation when it is on). Anything else (the
+docs, no route, another media type such as ``application/x-ndjson``) goes through
+Connexion's middleware stack as before. ``KANAL_FAST_PATH=0`` turns it off.
 """
 
 from __future__ import annotations
