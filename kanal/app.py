@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ctypes
 import functools
 import gc
 import inspect
 import json
 import os
 import re
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -336,8 +339,28 @@ def create_app(
     return asgi
 
 
+def die_with_parent() -> None:
+    """Have the kernel end this process when the one that started it ends, SIGKILL
+    included (Linux's ``PR_SET_PDEATHSIG``): a server's worker process never outlives
+    its supervisor (``kanal serve``) to keep serving on its own."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the supervisor was gone already
+        os._exit(1)
+
+
+#: prctl's option that sets the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
 def app_from_env() -> ASGIApp:
-    """Factory for ``uvicorn --factory`` (used by ``kanal serve --workers N``)."""
+    """Factory for ``uvicorn --factory`` and granian (``kanal serve``): in a worker
+    process of theirs (``KANAL_WORKER_PROCESS=1``), it ends with its supervisor."""
+    if os.environ.get("KANAL_WORKER_PROCESS") == "1":
+        die_with_parent()
     pool_size = os.environ.get("KANAL_POOL_SIZE")
     return create_app(
         os.environ.get("KANAL_DB", DEFAULT_DB),

@@ -534,6 +534,10 @@ def run_server(
     os.environ["KANAL_DB"] = db_path if is_postgres(db_path) else os.path.abspath(db_path)
     if pool_size is not None:
         os.environ["KANAL_POOL_SIZE"] = str(pool_size)
+    # The application runs in worker processes of the server's (granian's always,
+    # uvicorn's from two on): they end with it, even when it is killed.
+    if server == "granian" or workers > 1:
+        os.environ["KANAL_WORKER_PROCESS"] = "1"
     if server == "uvicorn":
         import uvicorn
 
