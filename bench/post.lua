@@ -1,22 +1,32 @@
 -- POST the seed recipe's full order, rotating over 5,000 external_ids
 -- (the first pass inserts, the rest update), and report JSON figures.
+-- BENCH_PHONES=N (default 1: the seed's +33612345678 on every order) spreads the
+-- orders over N customers' phones instead.
 local counter = 0
 local path = os.getenv("BENCH_PATH") or "/api/v1/stores/123/orders"
 local key = os.getenv("BENCH_KEY") or ""
+local phones = tonumber(os.getenv("BENCH_PHONES") or "1")
 local prefix = '{"external_id": "ORDER-'
-local suffix = [[", "placed_at": "2026-05-18T10:00:00Z", "total_price": 49.90, "currency": "EUR",
+local middle = [[", "placed_at": "2026-05-18T10:00:00Z", "total_price": 49.90, "currency": "EUR",
 "financial_status": "pending", "fulfillment_status": "unfulfilled",
-"customer": {"external_id": "CUST-42", "phone": "+33612345678", "first_name": "Marie",
+"customer": {"external_id": "CUST-42", "phone": "]]
+local suffix = [[", "first_name": "Marie",
 "last_name": "Durand", "email": "marie.durand@example.com", "locale": "fr", "tags": ["vip"],
 "lifetime_value": 1299, "orders_count": 7},
 "line_items": [{"title": "T-shirt Bordeaux", "quantity": 2, "price": 24.95}],
 "tags": ["web"], "metadata": {"source": "custom-checkout"}}]]
+
+local function phone(n)
+  if phones <= 1 then return "+33612345678" end
+  return string.format("+336%08d", 12345678 + (n % phones))
+end
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key}
 local errors = 0
 
 request = function()
   counter = counter + 1
-  return wrk.format("POST", path, headers, prefix .. (counter % 5000) .. suffix)
+  return wrk.format("POST", path, headers,
+    prefix .. (counter % 5000) .. middle .. phone(counter) .. suffix)
 end
 
 response = function(status, headers, body)

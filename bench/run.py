@@ -1,15 +1,27 @@
-"""kanal against the bare stack, side by side, under wrk.
+"""kanal against the reference servers, side by side, under wrk.
 
     .venv/bin/python -m bench.run [--seconds 10] [--rounds 3] [--connections 32] [--workers 1 2]
     .venv/bin/python -m bench.run --db postgres   # every server on a throwaway PostgreSQL
+    .venv/bin/python -m bench.run --servers peer kanal1   # some of them only
+
+The servers (``--servers``, all by default):
+
+- ``plain``: the plain stack, Starlette on uvicorn, ``json.loads``, one
+  ``INSERT ... ON CONFLICT`` of the order as one JSON row (bench/plain.py);
+- ``peer``: the code-first peer, FastAPI on uvicorn with a Pydantic v2 model of the
+  order (openapi.yaml's field rules), a bearer-key check, the same one-row upsert
+  (bench/peer.py);
+- ``baseline``: bare Starlette, ``json.loads`` and kanal's own ``Storage.upsert``
+  (bench/baseline.py);
+- ``kanal1``, ``kanal2``: ``kanal serve`` with 1 and 2 worker processes (``--workers``).
 
 Needs wrk (Debian: ``apt-get install wrk``). Each server gets a fresh database
 (store 123, a key, no rate limit to speak of), one warm-up run, then the
 measured run: POST of the seed recipe's full order, rotating over 5,000
 external_ids. The servers take turns, round after round (a machine's other load
 comes and goes: taking turns spreads it over all of them), and the table gives
-each one's median round: requests/s, p50 and p99, and kanal's ratio to the bare
-baseline.
+each one's median round: requests/s, p50 and p99, and each server's ratio to the
+plain stack, the peer and the baseline.
 """
 
 from __future__ import annotations
@@ -69,8 +81,8 @@ def start(
     raise SystemExit(f"server did not start: {command}")
 
 
-def wrk(port: int, key: str, seconds: int, connections: int) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_KEY": key}
+def wrk(port: int, key: str, seconds: int, connections: int, phones: int = 1) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_KEY": key, "BENCH_PHONES": str(phones)}
     out = subprocess.run(
         [
             "wrk",
@@ -105,8 +117,8 @@ def _measure(command: list[str], args: argparse.Namespace, work: Path, db: str) 
     port = free_port()
     proc = start([*command, "--port", str(port)], db, port)
     try:
-        wrk(port, key, 3, args.connections)  # warm-up: first inserts, caches
-        return wrk(port, key, args.seconds, args.connections)
+        wrk(port, key, 3, args.connections, args.phones)  # warm-up: first inserts, caches
+        return wrk(port, key, args.seconds, args.connections, args.phones)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -118,11 +130,47 @@ def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(results, key=lambda result: result["rps"])[len(results) // 2]
 
 
-def row(label: str, result: dict[str, Any], ratio: str = "") -> str:
+LABEL = 34
+
+
+def row(label: str, result: dict[str, Any], ratios: tuple[str, ...] = ()) -> str:
     return (
-        f"{label:<26} {result['rps']:>8.0f} {result['p50_ms']:>7.2f} {result['p99_ms']:>7.2f}"
-        f" {result['non2xx']:>7} {result['socket_errors']:>7} {ratio:>6}"
+        f"{label:<{LABEL}} {result['rps']:>8.0f} {result['p50_ms']:>7.2f} "
+        f"{result['p99_ms']:>7.2f} {result['non2xx']:>7} {result['socket_errors']:>7}"
+        + "".join(f" {ratio:>8}" for ratio in ratios)
     )
+
+
+def uvicorn(factory: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
+def servers(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
+    """Every server bench.run knows: name -> (label, command without --port)."""
+    engine = "PostgreSQL" if args.postgres else "SQLite"
+    known = {
+        "plain": (f"plain Starlette + one-row {engine}", uvicorn("bench.plain:create_app")),
+        "peer": (f"FastAPI peer + one-row {engine}", uvicorn("bench.peer:create_app")),
+        "baseline": (
+            "baseline: Starlette + kanal upsert",
+            uvicorn("bench.baseline:create_app"),
+        ),
+    }
+    for n in args.workers:
+        known[f"kanal{n}"] = (
+            f"kanal, {n} worker{'s' if n > 1 else ''}",
+            [sys.executable, "-m", "kanal", "serve", "--workers", str(n), *args.kanal_args],
+        )
+    return known
 
 
 def main() -> int:
@@ -131,6 +179,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=None,
+        help="which servers take turns (plain, peer, baseline, kanal1, kanal2...; all by default)",
+    )
+    parser.add_argument(
+        "--phones",
+        type=int,
+        default=1,
+        help="customers' phones the orders are spread over (default 1: the seed order's, "
+        "on every order, the benchmark's workload)",
+    )
+    parser.add_argument(
+        "--kanal-args",
+        nargs="*",
+        default=[],
+        help="extra options for kanal serve (compare two settings in one run: see README)",
+    )
     parser.add_argument(
         "--db",
         choices=("sqlite", "postgres"),
@@ -149,48 +216,33 @@ def main() -> int:
 def run(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
-    python = sys.executable
-    bare = f"bare Starlette + {'PostgreSQL' if args.postgres else 'SQLite'}"
-    servers = {
-        bare: [
-            python,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench.baseline:create_app",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        **{
-            f"kanal, {n} worker{'s' if n > 1 else ''}": [
-                python,
-                "-m",
-                "kanal",
-                "serve",
-                "--workers",
-                str(n),
-            ]
-            for n in args.workers
-        },
-    }
+    known = servers(args)
+    chosen = args.servers or list(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown servers {unknown}: choose among {list(known)}")
+    phones = "the seed's phone" if args.phones <= 1 else f"{args.phones:,} phones"
     print(
-        f"POST full seed order, {args.connections} connections, {args.seconds}s per run, "
-        f"{args.rounds} rounds (median round shown)"
+        f"POST full seed order ({phones}), {args.connections} connections, "
+        f"{args.seconds}s per run, {args.rounds} rounds (median round shown)"
     )
-    results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for number in range(1, args.rounds + 1):
-        for label, command in servers.items():
+        for name in chosen:
+            label, command = known[name]
             result = measure(command, args)
-            results[label].append(result)
+            results[name].append(result)
             print(f"  round {number}: {row(label, result)}", flush=True)
-    header = ("server", "req/s", "p50 ms", "p99 ms", "non-2xx", "sockerr", "ratio")
-    print("{:<26} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}".format(*header))
-    base = median_round(results[bare])
-    for label in servers:
-        result = median_round(results[label])
-        ratio = "" if label.startswith("bare") else f"{result['rps'] / base['rps']:.2f}"
-        print(row(label, result, ratio))
+    references = [name for name in ("plain", "peer", "baseline") if name in chosen]
+    header = ["server", "req/s", "p50 ms", "p99 ms", "non-2xx", "sockerr"]
+    header += [f"/{name}" for name in references]
+    print(f"{header[0]:<{LABEL}} " + " ".join(f"{h:>7}" for h in header[1:6]), end="")
+    print("".join(f" {h:>8}" for h in header[6:]))
+    medians = {name: median_round(results[name]) for name in chosen}
+    for name in chosen:
+        result = medians[name]
+        ratios = tuple(f"{result['rps'] / medians[r]['rps']:.2f}" for r in references)
+        print(row(known[name][0], result, ratios))
     return 0
 
 

@@ -10,31 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ctypes
 import functools
 import gc
 import inspect
 import json
 import os
 import re
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
-from connexion.middleware import ConnexionMiddleware
-from connexion.middleware.context import ContextMiddleware
-from connexion.middleware.request_validation import RequestValidationMiddleware
-from connexion.middleware.security import SecurityMiddleware
+from connexion.jsonifier import JSONEncoder, Jsonifier
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kanal import errors, uploads
-from kanal.auth import AuthMiddleware
-from kanal.operations import OnceApi, OnceRequestValidationMiddleware
+from kanal import errors, operations, uploads
+from kanal.auth import with_rate_limit_headers
 from kanal.ratelimit import RateLimiter, current_limiter
 from kanal.spec import load_spec, resolve
 from kanal.storage import AsyncStorage, Storage, connect, current, is_postgres, open_async
@@ -47,6 +47,27 @@ MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_DB = "kanal.db"
 #: The contract (openapi.json, openapi.yaml) and Swagger UI are served under the API's base path.
 DOCS_BASE = "/api/v1"
+
+
+class ResponseJsonifier(Jsonifier):
+    """Connexion's jsonifier, writing responses with orjson: compact JSON, the same
+    values (Connexion's encoder for the types orjson leaves to it, such as dates and
+    decimals; the standard library's json for what orjson cannot write, such as
+    integers beyond 64 bits)."""
+
+    OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATETIME
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._default = JSONEncoder().default
+
+    def dumps(self, data: Any, **kwargs: Any) -> str:
+        if not kwargs:
+            try:
+                return orjson.dumps(data, default=self._default, option=self.OPTIONS).decode()
+            except TypeError:
+                pass
+        return super().dumps(data, **kwargs)
 
 
 class SnakeCaseResolver(Resolver):
@@ -251,24 +272,6 @@ class KanalASGI:
         await _send(send, status, b"application/json", json.dumps({"error": message}).encode())
 
 
-def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
-    """Wrap ``send`` to add the store's X-RateLimit-* headers, once, to the response."""
-
-    async def send_with_headers(message: Message) -> None:
-        headers = scope["kanal"].get("headers")
-        if message["type"] == "http.response.start" and headers:
-            present = {name.lower() for name, _ in message.get("headers", [])}
-            extra = [
-                (name.lower().encode(), value.encode())
-                for name, value in headers.items()
-                if name.lower().encode() not in present
-            ]
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return send_with_headers
-
-
 class RateLimitHeadersMiddleware:
     """Adds the headers inside response validation, so the validator sees them.
 
@@ -294,30 +297,35 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 def create_app(
-    db_path: str | None = None, *, validate_responses: bool = False, pool_size: int | None = None
+    db_path: str | None = None,
+    *,
+    validate_responses: bool = False,
+    pool_size: int | None = None,
+    fast_path: bool | None = None,
 ) -> ASGIApp:
     """Build the ASGI application over ``db_path``: a SQLite file, or a PostgreSQL
-    database (``postgresql://...``, ``pool_size`` connections per process)."""
+    database (``postgresql://...``, ``pool_size`` connections per process). The fast
+    path (``kanal.operations``) is on unless ``fast_path`` is False, or, when it is
+    not given, ``KANAL_FAST_PATH=0`` (every request then takes Connexion's stack)."""
+    if fast_path is None:
+        fast_path = os.environ.get("KANAL_FAST_PATH") != "0"
     db = db_path or os.environ.get("KANAL_DB", DEFAULT_DB)
     if is_postgres(db):
         connect(db, 1).close()  # migrated before the first request (one connection)
         opener = functools.partial(open_async, db, pool_size)
     else:
-        storage = AsyncStorage(Storage(db))  # the database is checked and migrated now
+        # The database is checked and migrated now; requests' transactions commit in
+        # groups (AsyncStorage.transaction).
+        storage = AsyncStorage(Storage(db), group_commit=True)
 
         async def opener() -> AsyncStorage:
             return storage
 
-    replaced = {
-        SecurityMiddleware: AuthMiddleware,
-        RequestValidationMiddleware: OnceRequestValidationMiddleware,
-    }
-    middlewares = [replaced.get(m, m) for m in ConnexionMiddleware.default_middlewares]
-    middlewares.insert(middlewares.index(ContextMiddleware), RateLimitHeadersMiddleware)
     app = AsyncApp(
         __name__,
         specification_dir=str(ROOT),
-        middlewares=middlewares,
+        middlewares=operations.middlewares([RateLimitHeadersMiddleware], fast=fast_path),
+        jsonifier=ResponseJsonifier(),
         # Connexion serves Swagger UI; the documents it reads are served by KanalASGI.
         swagger_ui_options=SwaggerUIOptions(
             serve_spec=False,
@@ -325,7 +333,7 @@ def create_app(
             swagger_ui_path=f"{DOCS_BASE}/ui",
         ),
     )
-    app._middleware_app.api_cls = OnceApi  # per-operation work once, not per request
+    operations.install(app)  # per-operation work once, not per request
     app.add_api(
         copy.deepcopy(load_spec()),
         resolver=SnakeCaseResolver(),
@@ -347,8 +355,28 @@ def create_app(
     return asgi
 
 
+def die_with_parent() -> None:
+    """Have the kernel end this process when the one that started it ends, SIGKILL
+    included (Linux's ``PR_SET_PDEATHSIG``): a server's worker process never outlives
+    its supervisor (``kanal serve``) to keep serving on its own."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the supervisor was gone already
+        os._exit(1)
+
+
+#: prctl's option that sets the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
 def app_from_env() -> ASGIApp:
-    """Factory for ``uvicorn --factory`` (used by ``kanal serve --workers N``)."""
+    """Factory for ``uvicorn --factory`` and granian (``kanal serve``): in a worker
+    process of theirs (``KANAL_WORKER_PROCESS=1``), it ends with its supervisor."""
+    if os.environ.get("KANAL_WORKER_PROCESS") == "1":
+        die_with_parent()
     pool_size = os.environ.get("KANAL_POOL_SIZE")
     return create_app(
         os.environ.get("KANAL_DB", DEFAULT_DB),

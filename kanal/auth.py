@@ -21,7 +21,7 @@ import string
 from contextvars import ContextVar
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kanal import storage as storage_module
 from kanal.errors import ApiError, error
@@ -79,31 +79,56 @@ async def authorize(
     return shop
 
 
+async def guard(scope: Scope) -> None:
+    """Authenticate and rate-limit a request for an operation under a store (one with an
+    integer ``store_id`` path parameter); nothing for the others. Raises the 401, 403,
+    404 or 429; else the store's settings are the request's (``current_store``)."""
+    store_id = scope.get("path_params", {}).get("store_id")
+    if not isinstance(store_id, int):
+        return
+    store = storage_module.current.get()
+    shop = await authorize(store, scope, store_id)
+    decision = await current_limiter.get().hit(shop["id"], shop["rate_limit"])
+    headers = {
+        "X-RateLimit-Limit": str(shop["rate_limit"]),
+        "X-RateLimit-Remaining": str(decision.remaining),
+    }
+    scope["kanal"]["headers"] = headers
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            {"message": "Too Many Attempts."},
+            {"Retry-After": str(decision.retry_after)},
+        )
+    current_store.set(shop)
+    current_region.set(shop["region"])
+
+
 class AuthMiddleware:
-    """Authenticate and rate-limit every operation under a store."""
+    """Authenticate and rate-limit every operation under a store (``guard``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        store_id = scope.get("path_params", {}).get("store_id")
-        if scope["type"] != "http" or not isinstance(store_id, int):
-            await self.app(scope, receive, send)
-            return
-        store = storage_module.current.get()
-        shop = await authorize(store, scope, store_id)
-        decision = await current_limiter.get().hit(shop["id"], shop["rate_limit"])
-        headers = {
-            "X-RateLimit-Limit": str(shop["rate_limit"]),
-            "X-RateLimit-Remaining": str(decision.remaining),
-        }
-        scope["kanal"]["headers"] = headers
-        if not decision.allowed:
-            raise ApiError(
-                429,
-                {"message": "Too Many Attempts."},
-                {"Retry-After": str(decision.retry_after)},
-            )
-        current_store.set(shop)
-        current_region.set(shop["region"])
+        if scope["type"] == "http":
+            await guard(scope)
         await self.app(scope, receive, send)
+
+
+def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
+    """Wrap ``send`` to add the store's X-RateLimit-* headers, once, to the response."""
+
+    async def send_with_headers(message: Message) -> None:
+        headers = scope["kanal"].get("headers")
+        if message["type"] == "http.response.start" and headers:
+            present = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [
+                (name.lower().encode(), value.encode())
+                for name, value in headers.items()
+                if name.lower().encode() not in present
+            ]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return send_with_headers

@@ -18,6 +18,7 @@ run inside the write's own transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,9 +45,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _own(text: str) -> dict[str, Any]:
+    """A store's ``automations`` column, parsed (once per text: read, never changed)."""
+    return json.loads(text)
+
+
 def settings(store: Row) -> dict[str, Any]:
     """The store's automation settings over the defaults."""
-    own = json.loads(store.get("automations") or "{}")
+    own = _own(store.get("automations") or "{}")
     merged = {**DEFAULTS, **own}
     for nested in ("templates", "whatsapp", "webhook"):
         merged[nested] = {**DEFAULTS[nested], **own.get(nested, {})}

@@ -1,25 +1,40 @@
-"""Connexion's operation layer, with its per-operation work done once.
+"""Everything of kanal that leans on Connexion's internals, in this one module
+(Connexion is pinned; tests/test_fastpath.py fails on an upgrade that changes what
+is relied on here).
 
-Connexion 3's ``AsyncOperation`` builds a new ``StarletteDecorator`` on every
-request, and that decorator wraps the handler again (``inspect.signature``,
-parameter and response decorators) and builds a new URI parser, also on every
-request. None of that depends on the request. Here it is built once per
-operation; what Connexion does per request (parameters parsed and typed by its
-URI parser, the response built by its response decorator) is unchanged.
+Connexion's operation layer, with its per-operation work done once. Connexion 3's
+``AsyncOperation`` builds a new ``StarletteDecorator`` on every request, and that
+decorator wraps the handler again (``inspect.signature``, parameter and response
+decorators) and builds a new URI parser, also on every request. None of that
+depends on the request. Here it is built once per operation; what Connexion does
+per request (parameters parsed and typed by its URI parser, the response built by
+its response decorator) is unchanged.
 
 The JSON body is parsed once: the body validator keeps the object it validated
 in ``scope["kanal"]["body"]`` and the handler receives that very object instead
 of a second parse of the same bytes.
+
+The fast path (``FastPathMiddleware``, ``FastOperation``): right inside Connexion's
+exception middleware, a request that Connexion's own router matches to an operation
+whose body is JSON (or absent) and whose handler is a coroutine function runs in one
+call built at start from the objects Connexion resolved for that operation: kanal's
+auth and rate limit, Connexion's request validation, the context, the handler's
+arguments by Connexion's rules, the handler, the response by Connexion's response
+decorator (and Connexion's response validation when it is on). Anything else (the
+docs, no route, another media type such as ``application/x-ndjson``) goes through
+Connexion's middleware stack as before. ``KANAL_FAST_PATH=0`` turns it off.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 from copy import deepcopy
 from typing import Any
 
-from connexion.apps.asynchronous import AsyncApi, AsyncOperation
-from connexion.context import operation, receive, scope
+from connexion.apps.asynchronous import AsyncApi, AsyncASGIApp, AsyncOperation
+from connexion.context import _context, _operation, _receive, _scope, operation, receive, scope
 from connexion.datastructures import MediaTypeDict
 from connexion.decorators import StarletteDecorator
 from connexion.decorators.parameter import (
@@ -29,16 +44,30 @@ from connexion.decorators.parameter import (
     unwrap_decorators,
 )
 from connexion.decorators.response import AsyncResponseDecorator
-from connexion.lifecycle import ConnexionRequest
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import ConnexionMiddleware
+from connexion.middleware.abstract import ROUTING_CONTEXT
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
     RequestValidationMiddleware,
     RequestValidationOperation,
 )
+from connexion.middleware.response_validation import (
+    ResponseValidationMiddleware,
+    ResponseValidationOperation,
+)
+from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.security import SecurityMiddleware
 from connexion.uri_parsing import AbstractURIParser
 from connexion.utils import inspect_function_arguments, is_nullable, split_content_type
-from starlette.types import Receive, Scope, Send
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response as StarletteResponse
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kanal.auth import AuthMiddleware, guard, with_rate_limit_headers
 from kanal.checks import BODY_CHECKS
 from kanal.formats import current_region
 
@@ -95,6 +124,17 @@ class Arguments:
         self.body_default = op.body_schema("application/json").get("default", {})
 
     async def __call__(self, request: ConnexionRequest) -> dict[str, Any]:
+        kwargs = self.parameters(request)
+        if self.body is not None:
+            kwargs[self.body] = self.body_value(await request.json())
+        return kwargs
+
+    def body_value(self, body: Any) -> Any:
+        """The handler's body argument for a parsed body (None: the schema's default)."""
+        return deepcopy(self.body_default) if body is None else body
+
+    def parameters(self, request: ConnexionRequest) -> dict[str, Any]:
+        """The path and query arguments (a function of the path and the query string)."""
         kwargs = {}
         for name, value in request.path_params.items():
             sanitized, definition = self.path.get(name, (self.sanitize(name), None))
@@ -107,9 +147,6 @@ class Arguments:
                 if name in self.query:
                     sanitized, definition = self.query[name]
                     kwargs[sanitized] = _get_val_from_param(value, definition)
-        if self.body is not None:
-            body = await request.json()
-            kwargs[self.body] = deepcopy(self.body_default) if body is None else body
         return kwargs
 
 
@@ -217,6 +254,7 @@ class OnceRequestValidation(RequestValidationOperation):
             security_query_params=self.security_query_params,
         )
         self._consumes = MediaTypeDict([(c.lower(), None) for c in op.consumes])
+        self._accepted: set[str] = set()  # media types found acceptable
         self._bodies: dict[tuple[str, str], Any] = {}
         self._valid_parameters: set[tuple[Any, ...]] = set()
 
@@ -235,8 +273,12 @@ class OnceRequestValidation(RequestValidationOperation):
         return mime_type, encoding or "utf-8"
 
     def validate_mime_type(self, mime_type: str) -> None:
+        if mime_type in self._accepted:
+            return
         if self._consumes and mime_type.lower() not in self._consumes:
             super().validate_mime_type(mime_type)  # raises Connexion's 415 problem
+        if len(self._accepted) < VALID_PARAMETERS_KEPT:
+            self._accepted.add(mime_type)
 
     def _body_validator(self, mime_type: str, encoding: str) -> Any:
         key = (mime_type, encoding)
@@ -257,7 +299,9 @@ class OnceRequestValidation(RequestValidationOperation):
             self._bodies[key] = validator
         return self._bodies[key]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def validate(self, scope: Scope, receive: Receive) -> tuple[Receive, Scope]:
+        """Connexion's steps, in its order: parameters, the media type, the body. Raises
+        what a failing step raises; the ``receive`` and scope that carry on."""
         # Parameters passed once pass again: remember the valid ones (path values,
         # query string, the store's region in which phone numbers are read).
         seen = (
@@ -275,6 +319,10 @@ class OnceRequestValidation(RequestValidationOperation):
         validator = self._body_validator(mime_type, encoding)
         if validator is not None:
             receive, scope = await validator.wrap_receive(receive, scope=scope)
+        return receive, scope
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        receive, scope = await self.validate(scope, receive)
         await self.next_app(scope, receive, send)
 
 
@@ -292,3 +340,262 @@ class OnceRequestValidationMiddleware(RequestValidationMiddleware):
     """Connexion's request validation middleware, making ``OnceRequestValidation``s."""
 
     api_cls = OnceRequestValidationAPI
+
+
+# -- the fast path ----------------------------------------------------------------
+
+
+def is_json(media_type: str) -> bool:
+    """Whether a media type is JSON (``application/json``, ``application/problem+json``)."""
+    mime = media_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
+
+
+#: Values a remembered argument may hold (handed to every request as they are).
+IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+#: Responses whose sending is exactly its status, headers and body.
+PLAIN_RESPONSES = frozenset({StarletteResponse, StarletteJSONResponse})
+
+
+class FastOperation:
+    """One operation's whole request path in one callable, built from the objects
+    Connexion resolved for it: kanal's auth and rate limit, Connexion's request
+    validation (``OnceRequestValidation.validate``: parameters, media type, body),
+    Connexion's response validation when it is on, the context Connexion's handlers
+    see, the handler's arguments by Connexion's rules (``Arguments``), the handler,
+    and the response built by Connexion's response decorator. What the middlewares
+    between them did for this operation (routing twice, security, lifespan, context)
+    is done once here; an exception goes out to Connexion's exception middleware, as
+    from any of them."""
+
+    def __init__(
+        self,
+        operation: Any,
+        handler: OnceOperation,
+        validation: OnceRequestValidation,
+        response_validation: Any,
+        guard: Any,
+        wrap_send: Any,
+    ) -> None:
+        self.operation = operation
+        self.function = handler._fn
+        self.validation = validation
+        self.guard = guard
+        self.wrap_send = wrap_send
+        # What OnceOperation's decorators would build for this operation, built here.
+        framework = OnceDecorator.framework
+        parameters = ArgumentsDecorator(
+            framework=framework, pythonic_params=handler.pythonic_params
+        )
+        self.uri_parser = operation.uri_parser_class(
+            operation.parameters, operation.body_definition()
+        )
+        self.arguments = Arguments(operation, self.function, parameters.sanitize_fn)
+        self.parameters: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.response = ResponseDecorator(framework=framework, jsonifier=handler.jsonifier)
+        self.framework = framework
+        self.endpoint: Any = self.respond
+        if isinstance(response_validation, ResponseValidationOperation):
+            # Connexion's response validation around the handler (its send wrapper), with
+            # the rate-limit headers added inside it, as in the middleware stack.
+            validating = copy.copy(response_validation)
+            validating.next_app = self.respond_with_headers
+            self.endpoint = validating
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.guard(scope)
+        receive, scope = await self.validation.validate(scope, receive)
+        await self.endpoint(scope, receive, send)
+
+    async def respond_with_headers(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.respond(scope, receive, self.wrap_send(scope, send))
+
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The context Connexion's ContextMiddleware gives the handler.
+        _context.set(scope.get("extensions", {}).get("connexion_context", {}))
+        _operation.set(self.operation)
+        _receive.set(receive)
+        _scope.set(scope)
+        result = await self.function(**await self.kwargs(scope, receive))
+        # As Connexion's AsyncResponseDecorator.
+        if self.framework.is_framework_response(result):
+            response = result
+        elif isinstance(result, ConnexionResponse):
+            response = self.framework.connexion_to_framework_response(result)
+        else:
+            response = self.response.build_framework_response(result)
+        if type(response) in PLAIN_RESPONSES and response.background is None:
+            # What Starlette's Response.__call__ sends for it.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": response.raw_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        else:
+            await response(scope, receive, send)
+
+    async def kwargs(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The handler's arguments by Connexion's rules (``Arguments``): the path and
+        query arguments remembered per path and query string when they are plain
+        values, the body the validator parsed."""
+        key = (tuple(scope["path_params"].items()), scope.get("query_string", b""))
+        parameters = self.parameters.get(key)
+        request = None
+        if parameters is None:
+            request = ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
+            parameters = self.arguments.parameters(request)
+            if all(type(value) in IMMUTABLE for value in parameters.values()):
+                if len(self.parameters) >= VALID_PARAMETERS_KEPT:
+                    self.parameters.clear()
+                self.parameters[key] = parameters
+        kwargs = dict(parameters)
+        if self.arguments.body is not None:
+            state = scope.get("kanal") or {}
+            if BODY in state:
+                body = state[BODY]
+            else:
+                request = request or ValidatedRequest(scope, receive, uri_parser=self.uri_parser)
+                body = await request.json()
+            kwargs[self.arguments.body] = self.arguments.body_value(body)
+        return kwargs
+
+
+class FastPathMiddleware(RoutingMiddleware):
+    """Connexion's routing, then each operation's ``FastOperation`` in one call.
+
+    It sits right inside Connexion's exception middleware (so every error is rendered
+    as before) and routes with Connexion's own router (the routes and path converters
+    Connexion made from openapi.yaml). A request that fully matches an operation the
+    fast path can take goes to that operation's ``FastOperation``; anything else (no
+    route, a method the path does not take, the docs, an operation whose request body
+    is not JSON, a handler that is not a coroutine function) goes on through
+    Connexion's middleware stack unchanged.
+    """
+
+    #: Routing results remembered (method and path -> operation and path parameters).
+    ROUTES_KEPT = 4096
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app)
+        self.operations: dict[tuple[str, str | None], FastOperation | None] | None = None
+        self.routes: dict[tuple[str, str], tuple[Any, str, str, dict[str, Any]] | None] = {}
+
+    def _build(self, stack: list[Any]) -> None:
+        """Each operation's FastOperation (None where it falls back), from the middleware
+        stack Connexion built."""
+
+        def operations_of(kind: type) -> dict[tuple[str, str | None], Any]:
+            found: dict[tuple[str, str | None], Any] = {}
+            for layer in stack:
+                if isinstance(layer, kind):
+                    for base_path, apis in layer.apis.items():
+                        for api in apis:
+                            for operation_id, operation in api.operations.items():
+                                found.setdefault((base_path, operation_id), operation)
+            return found
+
+        contexts = operations_of(ContextMiddleware)
+        validations = operations_of(OnceRequestValidationMiddleware)
+        responses = operations_of(ResponseValidationMiddleware)
+        handlers = operations_of(AsyncASGIApp)
+        built: dict[tuple[str, str | None], FastOperation | None] = {}
+        for key, context in contexts.items():
+            operation = context.operation
+            handler = handlers.get(key)
+            validation = validations.get(key)
+            takes = (
+                isinstance(handler, OnceOperation)
+                and isinstance(validation, OnceRequestValidation)
+                and inspect.iscoroutinefunction(handler._fn)
+                and (not operation.is_request_body_defined or all(map(is_json, operation.consumes)))
+            )
+            built[key] = (
+                FastOperation(
+                    operation,
+                    handler,
+                    validation,
+                    responses.get(key),
+                    guard,
+                    with_rate_limit_headers,
+                )
+                if takes
+                else None
+            )
+        self.operations = built
+
+    def route(self, scope: Scope) -> tuple[Any, str, str, dict[str, Any]] | None:
+        """(FastOperation, api base path, operation id, path parameters) of a request
+        that fully matches an operation the fast path takes, else None: by Connexion's
+        router (Starlette's routes, converters and methods), remembered per method and
+        path."""
+        key = (scope["method"], scope["path"])
+        if key in self.routes:
+            return self.routes[key]
+        found = None
+        for mount in self.router.routes:
+            match, child = mount.matches(scope)
+            if match is not Match.FULL:
+                continue
+            inner = {**scope, **child}
+            for route in mount.app.routes:
+                match, leaf = route.matches(inner)
+                if match is Match.NONE:
+                    continue
+                if match is Match.FULL:
+                    operation_id = route.endpoint.operation_id
+                    base_path = mount.path
+                    assert self.operations is not None
+                    fast = self.operations.get((base_path, operation_id))
+                    if fast is not None:
+                        found = (fast, base_path, operation_id, leaf["path_params"])
+                break  # Starlette takes the first route that matches the path
+            break
+        if len(self.routes) >= self.ROUTES_KEPT:
+            self.routes.clear()
+        self.routes[key] = found
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.operations is None:
+            self._build(scope["app"].middleware_stack)
+        found = self.route(scope)
+        if found is None:
+            await self.app(scope, receive, send)  # Connexion's middleware stack
+            return
+        fast, base_path, operation_id, path_params = found
+        scope["path_params"] = dict(path_params)
+        extensions = scope.setdefault("extensions", {})
+        extensions.setdefault(ROUTING_CONTEXT, {}).update(
+            {"api_base_path": base_path, "operation_id": operation_id}
+        )
+        await fast(scope, receive, send)
+
+
+def middlewares(inner: list[Any], *, fast: bool = True) -> list[Any]:
+    """The middleware stack kanal gives Connexion: Connexion's own, with kanal's
+    security (``AuthMiddleware``) and request validation in place of Connexion's, the
+    fast path right inside the exception middleware (unless ``fast`` is False), and
+    ``inner`` just before the context middleware."""
+    replaced = {
+        SecurityMiddleware: AuthMiddleware,
+        RequestValidationMiddleware: OnceRequestValidationMiddleware,
+    }
+    stack = [replaced.get(m, m) for m in ConnexionMiddleware.default_middlewares]
+    if fast:
+        stack.insert(stack.index(ExceptionMiddleware) + 1, FastPathMiddleware)
+    for middleware in inner:
+        stack.insert(stack.index(ContextMiddleware), middleware)
+    return stack
+
+
+def install(app: Any) -> None:
+    """Before ``add_api``: Connexion's operations built once, not per request."""
+    app._middleware_app.api_cls = OnceApi

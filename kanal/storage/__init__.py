@@ -19,6 +19,7 @@ the migrations' numbered steps.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -78,6 +79,17 @@ __all__ = [
 ]
 
 
+class _Group:
+    """The transactions committed together (``AsyncStorage.transaction``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.opened: asyncio.Future[None] = loop.create_future()  # the write lock is held
+        self.committed: asyncio.Future[None] = loop.create_future()
+        self.opening: asyncio.Future[None] | None = None
+        self.pending = 0  # members that have not finished their part yet
+        self.closing = False  # the COMMIT is scheduled
+
+
 class AsyncStorage:
     """The storage as the request path uses it: every operation awaited, a transaction
     entered with ``async with``. This is the interface an engine offers the
@@ -94,6 +106,7 @@ class AsyncStorage:
     OPERATIONS = (
         "ping",
         "upsert",
+        "upsert_and_touch",
         "patch",
         "get",
         "get_many",
@@ -120,18 +133,104 @@ class AsyncStorage:
         "cancel_import",
     )
 
-    def __init__(self, engine: Storage) -> None:
+    def __init__(self, engine: Storage, *, group_commit: bool = False) -> None:
         self.engine = engine
+        #: Group commit (the server's storage): see ``transaction``.
+        self.group_commit = group_commit
+        self._group: _Group | None = None
+        self._member: ContextVar[bool] = ContextVar(f"kanal_member_{id(self)}", default=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """One write transaction (or a part of the enclosing one)."""
-        with self.engine.transaction():
-            yield
+        """One write transaction (or a part of the enclosing one).
+
+        With ``group_commit`` (the server), the transactions of the requests that
+        reach this point in the same turn of the event loop share one SQLite
+        transaction: the first takes the write lock (flock, ``BEGIN IMMEDIATE``) and
+        schedules the ``COMMIT`` for the loop's next turn; each runs in a savepoint of
+        its own (a failing one undoes only itself and fails at once) and returns only
+        after that ``COMMIT``, so nothing is acknowledged before it is committed, and
+        a failed ``COMMIT`` fails every one of them. An operation outside these
+        transactions waits for the open group's ``COMMIT`` first (it never reads what
+        is not committed yet). One lock, one ``BEGIN`` and one ``COMMIT`` (one write
+        of each page the group changed) then serve several requests."""
+        if (
+            not self.group_commit
+            or self._member.get()
+            or (self._group is None and self.engine.conn.in_transaction)
+        ):
+            with self.engine.transaction():
+                yield
+            return
+        group = self._group
+        if group is None:
+            group = self._group = _Group(asyncio.get_running_loop())
+            if self.engine.try_begin():
+                group.opened.set_result(None)
+            else:  # another process writes: wait for its lock without blocking the loop
+                group.opening = asyncio.ensure_future(self._open(group))
+        group.pending += 1
+        try:
+            if not group.opened.done():
+                await asyncio.shield(group.opened)
+            group.opened.result()  # raises when the group could not open
+            token = self._member.set(True)
+            try:
+                with self.engine.savepoint("member"):
+                    yield
+            finally:
+                self._member.reset(token)
+        finally:
+            group.pending -= 1
+            if group.pending == 0 and group.opened.done() and not group.closing:
+                group.closing = True
+                asyncio.get_running_loop().call_soon(self._commit_group, group)
+        await asyncio.shield(group.committed)
+
+    async def _open(self, group: _Group) -> None:
+        """Take the write lock for ``group`` in a thread (another process holds it)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.wait_lock)
+            self.engine.begin_locked()
+        except BaseException as exc:
+            if self._group is group:
+                self._group = None
+            group.opened.set_exception(exc)
+            group.opened.exception()  # retrieved: each member raises it
+            return
+        group.opened.set_result(None)
+        if group.pending == 0 and not group.closing:  # its members were all cancelled
+            group.closing = True
+            self._commit_group(group)
+
+    def _commit_group(self, group: _Group) -> None:
+        if self._group is group:
+            self._group = None
+        try:
+            self.engine.end(commit=True)
+        except BaseException as exc:  # handed to every member: none is acknowledged
+            group.committed.set_exception(exc)
+            group.committed.exception()  # retrieved (its members may all have failed)
+        else:
+            group.committed.set_result(None)
+
+    async def settled(self) -> None:
+        """Wait until no group transaction is open (outside one, before an operation)."""
+        while self._group is not None and not self._member.get():
+            await asyncio.wait([self._group.committed])
+
+
+#: Operations that need not wait for an open group's COMMIT: they read only what no
+#: request writes (keys and stores).
+UNGROUPED = frozenset({"account", "ping"})
 
 
 def _awaited(name: str) -> Any:
+    waits = name not in UNGROUPED
+
     async def operation(self: AsyncStorage, *args: Any, **kwargs: Any) -> Any:
+        if waits and self._group is not None and not self._member.get():
+            await self.settled()
         return getattr(self.engine, name)(*args, **kwargs)
 
     operation.__name__ = operation.__qualname__ = name

@@ -301,6 +301,47 @@ MIGRATIONS_TABLE = (
 #: PostgreSQL's rendering of a numbered step, where SQLite's SQL would not do.
 STEP_SQL: dict[int, str] = {}
 
+#: ``account``: the key of a token hash and a store, in one statement (a row of nulls
+#: for what is not found); their columns are prefixed ``k__`` and ``s__``.
+ACCOUNT_SQL = (
+    "SELECT "
+    + ", ".join(
+        f"{alias}.{column} AS {alias}__{column}"
+        for alias, table in (("k", "api_keys"), ("s", "stores"))
+        for column in COLUMNS[table]
+    )
+    + " FROM (SELECT 1) AS one LEFT JOIN api_keys AS k ON k.token_hash = %s::text "
+    "LEFT JOIN stores AS s ON s.id = %s::bigint"
+)
+#: ``touch_contacts`` for one contact (``upsert_and_touch`` pipelines it): updated
+#: first, inserted else, so a touch never draws an id.
+TOUCH_ONE_CONTACT = (
+    "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
+    "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
+    "last_activity_at = %s, updated_at = %s "
+    "WHERE store_id = %s AND phone = %s RETURNING 1) "
+    "INSERT INTO contacts AS c (store_id, phone, first_name, last_name, locale, "
+    "last_activity_at, inserted_at, updated_at) SELECT %s::bigint, %s::text, "
+    "%s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz, "
+    "%s::timestamptz WHERE NOT EXISTS (SELECT FROM updated) "
+    "ON CONFLICT (store_id, phone) DO UPDATE SET "
+    "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
+    "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
+    "locale = COALESCE(EXCLUDED.locale, c.locale), "
+    "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
+)
+#: ``phones_with_open_abandoned`` for one phone: whether it has an abandoned checkout
+#: or cart not yet recovered.
+OPEN_ABANDONED_OF_PHONE = (
+    "SELECT "
+    + " OR ".join(
+        f"EXISTS (SELECT 1 FROM {table} WHERE store_id = %s AND customer_phone = %s "
+        "AND status = 'abandoned' AND recovered_at IS NULL)"
+        for table in ABANDONED
+    )
+    + " AS open"
+)
+
 # -- values in and out -----------------------------------------------------------
 
 #: Advisory lock classes (the first key of the two-key form).
@@ -842,6 +883,75 @@ class PostgresStorage:
             for column, value in written.items()
         }
         return stored, created
+
+    async def upsert_and_touch(
+        self,
+        table: str,
+        store_id: int,
+        record: dict[str, Any],
+        key: dict[str, Any] | None = None,
+        *,
+        open_check: bool = False,
+    ) -> tuple[dict[str, Any], bool, bool]:
+        """``upsert``, ``touch_contact`` of the row's customer and, with ``open_check``,
+        whether its phone has an abandoned checkout or cart not yet recovered: the same
+        statements as those three calls (the contact's lock first), sent in one round
+        trip (a pipeline) for a record that embeds a customer. Inside a transaction.
+        Returns (row, created, open)."""
+        held = self._held.get()
+        if held is None or table not in HOLDERS:
+            row, created = await self.upsert(table, store_id, record, key=key)
+            await self.touch_contact(store_id, row.get("customer", row))
+            phone = row.get("customer_phone")
+            found = (
+                open_check and phone and await self.phones_with_open_abandoned(store_id, {phone})
+            )
+            return row, created, bool(found)
+        key = key or {"external_id": record["external_id"]}
+        stamp = formats.now()
+        sql, params = self._upsert_sql(table, store_id, self.encode(record), key, stamp)
+        phone = record.get("customer_phone")
+        customer = record.get("customer") or {}
+        conn = held.conn
+        store_key = (LOCK_STORE, _lock_key(str(store_id)))
+        contact_key = (LOCK_CONTACT, _lock_key(f"{store_id}:{phone}"))
+        lock = (
+            phone is not None
+            and store_id not in held.stores
+            and not (contact_key in held.locks and store_key in held.locks)
+        )
+        touch = contact_of(customer)
+        async with conn.pipeline():
+            if lock:  # as _lock_contact
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock_shared(%s, %s), pg_advisory_xact_lock(%s, %s)",
+                    (*store_key, *contact_key),
+                )
+            upserted = await conn.execute(sql, params)
+            if touch[0]:  # as touch_contacts, for one contact
+                moment = to_db("timestamptz", stamp)
+                names = touch[1:]
+                await conn.execute(
+                    TOUCH_ONE_CONTACT,
+                    (*names, moment, moment, store_id, touch[0], store_id, touch[0], *names)
+                    + (moment,) * 3,
+                )
+            checked = None
+            if open_check and phone is not None:
+                checked = await conn.execute(
+                    OPEN_ABANDONED_OF_PHONE, (store_id, phone) * len(ABANDONED)
+                )
+        if lock:
+            held.locks.update((store_key, contact_key))
+        written = await upserted.fetchone()
+        assert written is not None
+        created = bool(written.pop("kanal_created"))
+        stored = {
+            column: record[column] if column in JSON_COLUMNS and column in record else value
+            for column, value in written.items()
+        }
+        found = checked is not None and (await checked.fetchone() or {}).get("open")
+        return stored, created, bool(found)
 
     async def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -1652,17 +1762,16 @@ class PostgresStorage:
         self, token_hash: str, store_id: int
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The key with this hash and the store, as ``find_key`` and ``get_store`` give
-        them: both read in one round trip (a pipeline) on every call, so a key revoked
-        or a store paused from any host counts from the next request on."""
-        async with self._connection() as conn:
-            async with conn.pipeline():
-                keys = await conn.execute(
-                    "SELECT * FROM api_keys WHERE token_hash = %s::text", (token_hash,)
-                )
-                stores = await conn.execute(
-                    "SELECT * FROM stores WHERE id = %s::bigint", (store_id,)
-                )
-            return await keys.fetchone(), await stores.fetchone()
+        them: both read by one statement on every call, so a key revoked or a store
+        paused from any host counts from the next request on."""
+        row = await self._one(ACCOUNT_SQL, (token_hash, store_id))
+        assert row is not None  # one row, whatever matches
+        return tuple(  # type: ignore[return-value]
+            None
+            if row[f"{prefix}__id"] is None
+            else {column: row[f"{prefix}__{column}"] for column in COLUMNS[table]}
+            for prefix, table in (("k", "api_keys"), ("s", "stores"))
+        )
 
     async def find_key(self, token_hash: str) -> dict[str, Any] | None:
         return await self._one("SELECT * FROM api_keys WHERE token_hash = %s::text", (token_hash,))

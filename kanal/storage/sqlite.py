@@ -177,15 +177,53 @@ class Storage:
         if self.conn.in_transaction:
             yield self.conn  # part of the enclosing transaction
             return
+        self.begin()
+        try:
+            yield self.conn
+        except BaseException:
+            self.end(commit=False)
+            raise
+        self.end(commit=True)
+
+    def begin(self) -> None:
+        """Take the write lock (the flock, then ``BEGIN IMMEDIATE``); ``end`` leaves it."""
+        self.wait_lock()
+        self.begin_locked()
+
+    def try_begin(self) -> bool:
+        """``begin`` if no other process holds the write lock now; else False at once."""
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.begin_locked()
+        return True
+
+    def wait_lock(self) -> None:
+        """Wait for the flock (may run in another thread: it touches no SQLite state)."""
         fcntl.flock(self.lock, fcntl.LOCK_EX)
+
+    def begin_locked(self) -> None:
+        """``BEGIN IMMEDIATE``, the flock held (released if that fails)."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
+        except BaseException:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            raise
+
+    def end(self, *, commit: bool) -> None:
+        """Commit (or roll back) the transaction ``begin`` started; the flock goes either
+        way (a failed COMMIT is rolled back)."""
+        try:
+            if commit:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+            else:
                 self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
 
@@ -194,16 +232,16 @@ class Storage:
         write transaction holds the whole database already: nothing more to take)."""
 
     @contextmanager
-    def savepoint(self) -> Iterator[sqlite3.Connection]:
+    def savepoint(self, name: str = "part") -> Iterator[sqlite3.Connection]:
         """Inside a transaction: a part that undoes itself alone when it fails."""
-        self.conn.execute("SAVEPOINT part")
+        self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK TO part")
-            self.conn.execute("RELEASE part")
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
             raise
-        self.conn.execute("RELEASE part")
+        self.conn.execute(f"RELEASE {name}")
 
     def ping(self) -> bool:
         return self.conn.execute("SELECT 1").fetchone()[0] == 1
@@ -263,8 +301,13 @@ class Storage:
                     tuple(row.values()),
                 ).fetchone()
             else:
-                changes = {**values, "updated_at": stamp}
-                if table == "customers":
+                # Only the columns whose value changes: SQLite rewrites the entries of
+                # every index with a column in SET, so a record sent again as it was
+                # writes its row alone (and its updated_at).
+                present = set(existing.keys())
+                changes = {c: v for c, v in values.items() if c not in present or existing[c] != v}
+                changes["updated_at"] = stamp
+                if table == "customers" and existing["deleted_at"] is not None:
                     changes["deleted_at"] = None
                 assignments = ", ".join(f"{column} = ?" for column in changes)
                 written = conn.execute(
@@ -281,6 +324,26 @@ class Storage:
             if stored[column] is not None:
                 stored[column] = json.loads(stored[column])
         return stored, created
+
+    def upsert_and_touch(
+        self,
+        table: str,
+        store_id: int,
+        record: dict[str, Any],
+        key: dict[str, Any] | None = None,
+        *,
+        open_check: bool = False,
+    ) -> tuple[dict[str, Any], bool, bool]:
+        """``upsert``, ``touch_contact`` of the row's customer (the row itself for a
+        customer) and, with ``open_check``, whether its phone has an abandoned checkout or
+        cart not yet recovered (``phones_with_open_abandoned``), in one transaction. The
+        PostgreSQL engine sends them in one round trip. Returns (row, created, open)."""
+        with self.transaction():
+            row, created = self.upsert(table, store_id, record, key=key)
+            self.touch_contact(store_id, row.get("customer", row))
+            phone = row.get("customer_phone")
+            found = open_check and phone and self.phones_with_open_abandoned(store_id, {phone})
+        return row, created, bool(found)
 
     def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
