@@ -302,7 +302,9 @@ class Server:
             self.proc.kill()
             out, _ = self.proc.communicate()
         self.proc = None
-        return out.decode(errors="replace")
+        log = out.decode(errors="replace")
+        print(f"--- kanal serve on :{self.port} said:\n{log}")  # pytest shows it on a failure
+        return log
 
 
 @pytest.fixture

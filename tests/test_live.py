@@ -32,7 +32,14 @@ def two_workers(db: str, keys: dict[str, Any]) -> Iterator[Server]:
 def post_many(server: Server, key: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     url = f"{server.url}/api/v1/stores/{STORE}/orders"
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(len(bodies)) as pool:
+    # A connection each, never one another thread left idle: a server may close an idle
+    # keep-alive connection at any moment (RFC 9112, 9.3), and a POST sent on it then
+    # fails without an answer, which a client must not simply send again.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with (
+        httpx.Client(timeout=30, limits=fresh) as client,
+        ThreadPoolExecutor(len(bodies)) as pool,
+    ):
         return list(pool.map(lambda body: client.post(url, json=body, headers=headers), bodies))
 
 
