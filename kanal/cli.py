@@ -15,6 +15,7 @@ import psycopg
 
 from kanal import auth
 from kanal.app import DEFAULT_DB
+from kanal.bulk import RESOURCES
 from kanal.storage import Storage, connect, is_postgres
 
 DEMO_STORE = 123
@@ -662,7 +663,7 @@ def migrate(db_path: str) -> None:
 @click.option("--store", "store_id", type=int, required=True, help="The store to import into.")
 @click.option(
     "--resource",
-    type=click.Choice(["orders", "checkouts", "carts", "customers", "shipments"]),
+    type=click.Choice(RESOURCES),
     required=True,
 )
 @click.option(
@@ -751,7 +752,7 @@ class PushFailed(click.ClickException):
 )
 @click.option(
     "--resource",
-    type=click.Choice(["orders", "checkouts", "carts", "customers", "shipments"]),
+    type=click.Choice(RESOURCES),
     required=True,
 )
 @click.option(

@@ -313,9 +313,9 @@ ACCOUNT_SQL = (
     + " FROM (SELECT 1) AS one LEFT JOIN api_keys AS k ON k.token_hash = %s::text "
     "LEFT JOIN stores AS s ON s.id = %s::bigint"
 )
-#: ``touch_contacts`` for one contact (``upsert_and_touch`` pipelines it): updated
-#: first, inserted else, so a touch never draws an id.
-TOUCH_ONE_CONTACT = (
+#: One contact (``touch_contact``; ``upsert_and_touch`` pipelines it): updated first,
+#: inserted else (ON CONFLICT: a contact created meanwhile), so a touch never draws an id.
+TOUCH_CONTACT = (
     "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
     "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
     "last_activity_at = %s, updated_at = %s "
@@ -416,24 +416,6 @@ def _set_sql(table: str, columns: tuple[str, ...], sequence: str) -> tuple[str, 
     )
     return stage, create, upsert
 
-
-#: ``touch_contact``: one contact, updated first, inserted else (ON CONFLICT: a contact
-#: created meanwhile).
-TOUCH_CONTACT = (
-    "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
-    "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
-    "last_activity_at = %s, updated_at = %s "
-    "WHERE store_id = %s AND phone = %s RETURNING 1) "
-    "INSERT INTO contacts AS c (store_id, phone, first_name, last_name, locale, "
-    "last_activity_at, inserted_at, updated_at) SELECT %s::bigint, %s::text, "
-    "%s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz, "
-    "%s::timestamptz WHERE NOT EXISTS (SELECT FROM updated) "
-    "ON CONFLICT (store_id, phone) DO UPDATE SET "
-    "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
-    "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
-    "locale = COALESCE(EXCLUDED.locale, c.locale), "
-    "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
-)
 
 #: ``touch_contacts``: each phone once, with the names it ends with (a JSON array of
 #: objects: one parameter, parsed by the server), looked up by one index probe; found:
@@ -932,7 +914,7 @@ class PostgresStorage:
                 moment = to_db("timestamptz", stamp)
                 names = touch[1:]
                 await conn.execute(
-                    TOUCH_ONE_CONTACT,
+                    TOUCH_CONTACT,
                     (*names, moment, moment, store_id, touch[0], store_id, touch[0], *names)
                     + (moment,) * 3,
                 )
