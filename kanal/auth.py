@@ -56,16 +56,19 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 async def authorize(
-    store: storage_module.AsyncStorage, scope: Scope, store_id: Any
+    store: storage_module.AsyncStorage, scope: Scope, store_id: Any, remembered: bool = False
 ) -> dict[str, Any]:
-    """Check the request's key against the store; returns the store or raises."""
+    """Check the request's key against the store; returns the store or raises.
+    ``remembered``: see ``guard``."""
     token = bearer_token(scope)
     if token is None:
         raise error(401, "API key is missing")
     if not TOKEN_PATTERN.fullmatch(token):
         raise error(401, "Invalid API key")
     digest = hash_token(token)
-    key, shop = await store.account(digest, store_id if 1 <= store_id <= MAX_STORE_ID else 0)
+    key, shop = await store.account(
+        digest, store_id if 1 <= store_id <= MAX_STORE_ID else 0, remembered=remembered
+    )
     if key is None or not hmac.compare_digest(key["token_hash"], digest):
         raise error(401, "Invalid API key")
     if shop is None or shop["paused"]:
@@ -79,15 +82,20 @@ async def authorize(
     return shop
 
 
-async def guard(scope: Scope) -> None:
+async def guard(scope: Scope, remembered: bool = False) -> None:
     """Authenticate and rate-limit a request for an operation under a store (one with an
     integer ``store_id`` path parameter); nothing for the others. Raises the 401, 403,
-    404 or 429; else the store's settings are the request's (``current_store``)."""
+    404 or 429; else the store's settings are the request's (``current_store``).
+
+    ``remembered``: the key and store may come from memory, to be verified by the
+    request's first statement (``AsyncStorage.account``); the caller then serves the
+    request again when ``AccountChanged`` is raised, and calls ``verify_account``
+    before answering a request that has not used the database."""
     store_id = scope.get("path_params", {}).get("store_id")
     if not isinstance(store_id, int):
         return
     store = storage_module.current.get()
-    shop = await authorize(store, scope, store_id)
+    shop = await authorize(store, scope, store_id, remembered)
     decision = await current_limiter.get().hit(shop["id"], shop["rate_limit"])
     headers = {
         "X-RateLimit-Limit": str(shop["rate_limit"]),

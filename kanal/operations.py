@@ -65,11 +65,13 @@ from connexion.utils import inspect_function_arguments, is_nullable, split_conte
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response as StarletteResponse
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kanal.auth import AuthMiddleware, guard, with_rate_limit_headers
 from kanal.checks import BODY_CHECKS
 from kanal.formats import current_region
+from kanal.storage import AccountChanged
+from kanal.storage import current as current_storage
 
 #: Valid parameter sets an operation remembers (then it starts again).
 VALID_PARAMETERS_KEPT = 4096
@@ -405,9 +407,51 @@ class FastOperation:
             self.endpoint = validating
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.guard(scope)
-        receive, scope = await self.validation.validate(scope, receive)
-        await self.endpoint(scope, receive, send)
+        """The request, served with its key and store as remembered by the storage
+        (``guard``'s ``remembered``: on PostgreSQL the request's first statement
+        verifies them); if they changed meanwhile (``AccountChanged``: nothing was
+        written, nothing sent), served again from the start with them read afresh,
+        its body replayed."""
+        received: list[Message] = []
+
+        async def recording() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        try:
+            await self.serve(scope, recording, send, remembered=True)
+        except AccountChanged:
+            replay = iter(list(received))
+
+            async def replaying() -> Message:
+                return next(replay, None) or await receive()
+
+            for entry in (BODY, "headers"):
+                scope.get("kanal", {}).pop(entry, None)
+            await self.serve(scope, replaying, send, remembered=False)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, remembered: bool) -> None:
+        """Guard, validation, handler and response; with ``remembered``, the account is
+        verified before anything is answered (a response or an error) that has not
+        used the database yet."""
+        store = current_storage.get()
+
+        async def verified_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await store.verify_account()
+            await send(message)
+
+        try:
+            await self.guard(scope, remembered)
+            receive, scope = await self.validation.validate(scope, receive)
+            await self.endpoint(scope, receive, verified_send if remembered else send)
+        except AccountChanged:
+            raise
+        except Exception:
+            if remembered:
+                await store.verify_account()
+            raise
 
     async def respond_with_headers(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.respond(scope, receive, self.wrap_send(scope, send))

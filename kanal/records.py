@@ -72,6 +72,13 @@ async def upsert_linked(
     recovers one written before it, a checkout or cart is recovered by an order written
     before it (``follow_arrival``). One transaction."""
     store, shop = storage(), current_store.get()
+    confirms = automations.settings(shop)["order_confirmation"]
+    if table == "orders" and not (confirms and record["financial_status"] == "paid"):
+        # Most orders set nothing off: written by themselves (one round trip on
+        # PostgreSQL), unless the phone has an open abandoned checkout or cart.
+        written = await store.upsert_unless_open(table, store_id, record, key=key)
+        if written is not None:
+            return written
     async with store.transaction():
         # The upsert, the contact and (for an order) whether its phone has an open
         # abandoned checkout or cart: one storage call (one round trip on PostgreSQL).
@@ -83,13 +90,7 @@ async def upsert_linked(
             await automations.sync_recovery(store, shop, table, row)
         # What ``sets_off`` decides for it: an open abandoned one, or a paid order
         # when the store confirms orders.
-        if table == "orders" and (
-            has_open
-            or (
-                automations.settings(shop)["order_confirmation"]
-                and row["financial_status"] == "paid"
-            )
-        ):
+        if table == "orders" and (has_open or (confirms and row["financial_status"] == "paid")):
             await follow_order(store, shop, row)
     return row, created
 

@@ -79,6 +79,64 @@ def test_revoked_key_stops_at_once(api: Api, storage: Storage) -> None:
     assert (response.status_code, response.json()) == (401, {"error": "Invalid API key"})
 
 
+def test_a_change_counts_from_the_next_request_whatever_it_is(
+    api: Api, storage: Storage
+) -> None:
+    """A key and store remembered from earlier requests (on PostgreSQL, verified by the
+    request's first statement, or before answering one that used no statement) never
+    outlive a change: right after the store is paused, a write, a read, a retrieval and
+    a request that fails validation before touching the database all answer 404, and
+    nothing is written; after a revocation, 401."""
+
+    def get(path: str) -> Any:
+        return api.client.get(api.url(path), headers=api.headers())
+
+    requests = {
+        "write": lambda: api.post("orders", {**ORDER, "external_id": "ORDER-2"}),
+        "list": lambda: get("orders"),
+        "retrieve": lambda: get("orders/ORDER-1"),
+        "invalid": lambda: api.post("orders", {"external_id": "ORDER-3"}),  # 422 else
+        "unknown parameter": lambda: get("orders?nope=1"),  # 400 else
+    }
+    for name, request in requests.items():
+        storage.update_store(STORE, {"paused": 0})
+        assert api.post("orders", ORDER).status_code in (200, 201), name  # remembered
+        storage.update_store(STORE, {"paused": 1})
+        response = request()
+        assert (response.status_code, response.json()) == (
+            404,
+            {"error": "Store not found or paused"},
+        ), name
+    assert storage.get("orders", STORE, "ORDER-2") is None
+    storage.update_store(STORE, {"paused": 0})
+    assert api.post("orders", ORDER).status_code == 200
+    key_id = next(k["id"] for k in storage.list_keys() if k["name"] == "store")
+    assert storage.delete_key(key_id)
+    response = api.post("orders", {"external_id": "ORDER-3"})
+    assert (response.status_code, response.json()) == (401, {"error": "Invalid API key"})
+
+
+def test_store_changes_count_from_the_next_request(api: Api, storage: Storage) -> None:
+    """The store's settings as they are now, not as an earlier request saw them: a new
+    rate limit shows in the next answer's headers, a store paused and resumed serves
+    again, a phone is read in the store's new region."""
+    national = {**ORDER, "customer": {"phone": "06 12 34 56 78"}}
+    response = api.post("orders", national)
+    assert response.status_code == 201
+    assert storage.get("orders", STORE, "ORDER-1")["customer_phone"] == "+33612345678"
+    assert response.headers["X-RateLimit-Limit"] == "100000"
+    storage.update_store(STORE, {"rate_limit": 1000})
+    response = api.post("orders", ORDER)
+    assert (response.status_code, response.headers["X-RateLimit-Limit"]) == (200, "1000")
+    storage.update_store(STORE, {"paused": 1})
+    assert api.client.get(api.url("orders"), headers=api.headers()).status_code == 404
+    storage.update_store(STORE, {"paused": 0, "region": "BE"})
+    response = api.post("orders", {**national, "external_id": "ORDER-BE"})
+    assert response.status_code == 422  # 06 12 34 56 78 is no Belgian number
+    storage.update_store(STORE, {"region": "FR"})
+    assert api.post("orders", {**national, "external_id": "ORDER-FR"}).status_code == 201
+
+
 def test_auth_comes_before_validation(client: TestClient) -> None:
     response = client.post(f"/api/v1/stores/{STORE}/orders", json={"bad": True})
     assert response.status_code == 401

@@ -37,6 +37,7 @@ from kanal.storage.schema import (
     RECOVERED,
     RESOURCES,
     TABLES,
+    AccountChanged,
     Condition,
     Contact,
     Where,
@@ -62,6 +63,7 @@ __all__ = [
     "RECOVERY_STATUS",
     "RESOURCES",
     "TABLES",
+    "AccountChanged",
     "AsyncStorage",
     "Condition",
     "Contact",
@@ -128,6 +130,7 @@ class AsyncStorage:
         "cancel_messages",
         "notification_state",
         "account",
+        "verify_account",
         "reserve_permits",
         "create_import",
         "cancel_import",
@@ -187,6 +190,17 @@ class AsyncStorage:
                 asyncio.get_running_loop().call_soon(self._commit_group, group)
         await asyncio.shield(group.committed)
 
+    async def upsert_unless_open(
+        self,
+        table: str,
+        store_id: int,
+        record: dict[str, Any],
+        key: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """``Storage.upsert_unless_open`` in a transaction of this storage's (grouped)."""
+        async with self.transaction():
+            return self.engine.upsert_unless_open(table, store_id, record, key=key)
+
     async def _open(self, group: _Group) -> None:
         """Take the write lock for ``group`` in a thread (another process holds it)."""
         try:
@@ -222,7 +236,7 @@ class AsyncStorage:
 
 #: Operations that need not wait for an open group's COMMIT: they read only what no
 #: request writes (keys and stores).
-UNGROUPED = frozenset({"account", "ping"})
+UNGROUPED = frozenset({"account", "verify_account", "ping"})
 
 
 def _awaited(name: str) -> Any:
@@ -272,7 +286,9 @@ async def open_async(db: str, pool_size: int | None = None) -> Any:
         return AsyncStorage(Storage(db))
     from kanal.storage.postgres import PostgresStorage
 
-    return await PostgresStorage.open(db, pool_size or DEFAULT_POOL_SIZE)
+    storage = await PostgresStorage.open(db, pool_size or DEFAULT_POOL_SIZE)
+    storage.watch_statistics()
+    return storage
 
 
 #: The storage of the application serving the current request.

@@ -108,8 +108,10 @@ Where PostgreSQL answers differently, and why
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
+import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -138,6 +140,7 @@ from kanal.storage.schema import (
     RESOURCES,
     TABLES,
     UNFINISHED,
+    AccountChanged,
     Contact,
     Where,
     contact_of,
@@ -152,6 +155,11 @@ Conn = AsyncConnection[DictRow]
 #: Connections a storage keeps open (per process): a request holds one for its
 #: transaction only, so a few per core serve many concurrent requests.
 DEFAULT_POOL_SIZE = 8
+#: For how long after it opens (seconds), and how often, a server's storage looks for
+#: tables that hold rows but have no statistics yet (``watch_statistics``).
+STATISTICS_WATCH, STATISTICS_EVERY = 300.0, 1.0
+#: Accounts (key and store) a process remembers at most (``account``).
+ACCOUNTS_REMEMBERED = 10_000
 
 # -- the schema ----------------------------------------------------------------
 
@@ -298,6 +306,9 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
     "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
 )
+#: The SQLSTATE ``kanal_expect`` raises when a remembered account changed (class KN:
+#: neither the standard's nor PostgreSQL's).
+ACCOUNT_CHANGED = "KN001"
 #: PostgreSQL's rendering of a numbered step, where SQLite's SQL would not do.
 STEP_SQL: dict[int, str] = {}
 
@@ -310,43 +321,92 @@ ACCOUNT_SQL = (
         for alias, table in (("k", "api_keys"), ("s", "stores"))
         for column in COLUMNS[table]
     )
-    + " FROM (SELECT 1) AS one LEFT JOIN api_keys AS k ON k.token_hash = %s::text "
+    + ", md5(k::text || s::text) AS stamp"
+    " FROM (SELECT 1) AS one LEFT JOIN api_keys AS k ON k.token_hash = %s::text "
     "LEFT JOIN stores AS s ON s.id = %s::bigint"
 )
+#: Whether the key of a token hash and a store are still as remembered (``stamp``, as
+#: ``ACCOUNT_SQL`` gives it): else the statement fails with ``ACCOUNT_CHANGED``.
+VERIFY_ACCOUNT = (
+    "kanal_expect((SELECT md5(k::text || s::text) FROM api_keys AS k, stores AS s "
+    f"WHERE k.token_hash = %s::text AND s.id = %s::bigint) = %s::text, '{ACCOUNT_CHANGED}')"
+)
+#: The store's lock shared and the contact's lock (``_lock_contact``).
+LOCK_CONTACT_SQL = "pg_advisory_xact_lock_shared(%s, %s), pg_advisory_xact_lock(%s, %s)"
+
 #: One contact (``touch_contact``; ``upsert_and_touch`` pipelines it): updated first,
 #: inserted else (ON CONFLICT: a contact created meanwhile), so a touch never draws an id.
-TOUCH_CONTACT = (
-    "WITH updated AS (UPDATE contacts SET first_name = COALESCE(%s, first_name), "
-    "last_name = COALESCE(%s, last_name), locale = COALESCE(%s, locale), "
-    "last_activity_at = %s, updated_at = %s "
-    "WHERE store_id = %s AND phone = %s RETURNING 1) "
+#: Its two parts, each with ``{gate}`` where ``upsert_unless_open`` puts its condition.
+TOUCH_CONTACT_UPDATE = (
+    "UPDATE contacts SET first_name = COALESCE(%(c_first)s::text, first_name), "
+    "last_name = COALESCE(%(c_last)s::text, last_name), "
+    "locale = COALESCE(%(c_locale)s::text, locale), "
+    "last_activity_at = %(c_at)s::timestamptz, updated_at = %(c_at)s::timestamptz{from_gate} "
+    "WHERE {gate}store_id = %(c_store)s::bigint AND phone = %(c_phone)s::text RETURNING 1"
+)
+TOUCH_CONTACT_INSERT = (
     "INSERT INTO contacts AS c (store_id, phone, first_name, last_name, locale, "
-    "last_activity_at, inserted_at, updated_at) SELECT %s::bigint, %s::text, "
-    "%s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz, "
-    "%s::timestamptz WHERE NOT EXISTS (SELECT FROM updated) "
+    "last_activity_at, inserted_at, updated_at) SELECT %(c_store)s::bigint, "
+    "%(c_phone)s::text, %(c_first)s::text, %(c_last)s::text, %(c_locale)s::text, "
+    "%(c_at)s::timestamptz, %(c_at)s::timestamptz, "
+    "%(c_at)s::timestamptz{from_gate} WHERE {gate}NOT EXISTS (SELECT FROM {updated}) "
     "ON CONFLICT (store_id, phone) DO UPDATE SET "
     "first_name = COALESCE(EXCLUDED.first_name, c.first_name), "
     "last_name = COALESCE(EXCLUDED.last_name, c.last_name), "
     "locale = COALESCE(EXCLUDED.locale, c.locale), "
     "last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at"
 )
+TOUCH_CONTACT = (
+    f"WITH updated AS ({TOUCH_CONTACT_UPDATE.format(from_gate='', gate='')}) "
+    + TOUCH_CONTACT_INSERT.format(from_gate="", gate="", updated="updated")
+)
 #: ``phones_with_open_abandoned`` for one phone: whether it has an abandoned checkout
 #: or cart not yet recovered.
-OPEN_ABANDONED_OF_PHONE = (
-    "SELECT "
-    + " OR ".join(
-        f"EXISTS (SELECT 1 FROM {table} WHERE store_id = %s AND customer_phone = %s "
-        "AND status = 'abandoned' AND recovered_at IS NULL)"
-        for table in ABANDONED
-    )
-    + " AS open"
+_OPEN_OF_PHONE = " OR ".join(
+    f"EXISTS (SELECT 1 FROM {table} WHERE store_id = %s AND customer_phone = %s "
+    "AND status = 'abandoned' AND recovered_at IS NULL)"
+    for table in ABANDONED
 )
-
-# -- values in and out -----------------------------------------------------------
+OPEN_ABANDONED_OF_PHONE = f"SELECT {_OPEN_OF_PHONE} AS open"
 
 #: Advisory lock classes (the first key of the two-key form).
 LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_IMPORTS = 7301, 7302, 7303, 7304
 LOCK_ACCOUNTS = 7305
+#: ``kanal_may_write``'s answers (``upsert_unless_open``): go on; the remembered account
+#: changed; the phone has an open abandoned checkout or cart.
+MAY_WRITE, ACCOUNT_MOVED, PHONE_OPEN = 0, 1, 2
+#: Migration step 6: the functions of the writes that check before they write, in the
+#: statement that writes. ``kanal_expect`` fails the statement unless ``ok``;
+#: ``kanal_may_write`` verifies a remembered account (``p_stamp`` not null), then, for a
+#: phone, takes the store's lock shared and the contact's lock (``_lock_contact``) and
+#: looks for an open abandoned checkout or cart. A volatile function's statements each
+#: take a new snapshot: the look happens after the lock, and sees what the contact's
+#: previous writers committed.
+STEP_SQL[6] = (
+    "CREATE OR REPLACE FUNCTION kanal_expect(ok boolean, sqlstate text) "
+    "RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
+    "IF ok IS NOT TRUE THEN RAISE EXCEPTION 'kanal: expectation % failed', sqlstate "
+    "USING ERRCODE = sqlstate; END IF; RETURN true; END $$; "
+    "CREATE OR REPLACE FUNCTION kanal_may_write(p_hash text, p_store bigint, p_stamp text, "
+    "p_phone text, p_store_key integer, p_contact_key integer) "
+    "RETURNS integer LANGUAGE plpgsql AS $$ BEGIN "
+    "IF p_stamp IS NOT NULL AND (SELECT md5(k::text || s::text) FROM api_keys AS k, "
+    "stores AS s WHERE k.token_hash = p_hash AND s.id = p_store) IS DISTINCT FROM p_stamp "
+    f"THEN RETURN {ACCOUNT_MOVED}; END IF; "
+    "IF p_phone IS NOT NULL THEN "
+    f"PERFORM pg_advisory_xact_lock_shared({LOCK_STORE}, p_store_key), "
+    f"pg_advisory_xact_lock({LOCK_CONTACT}, p_contact_key); "
+    "IF "
+    + " OR ".join(
+        f"EXISTS (SELECT 1 FROM {table} WHERE store_id = p_store AND customer_phone = p_phone "
+        "AND status = 'abandoned' AND recovered_at IS NULL)"
+        for table in ABANDONED
+    )
+    + f" THEN RETURN {PHONE_OPEN}; END IF; END IF; RETURN {MAY_WRITE}; END $$"
+)
+
+# -- values in and out -----------------------------------------------------------
+
 RECOVERY_STATUS = (
     "CASE WHEN status IN ({}) THEN 'recovered' "
     "WHEN status = 'abandoned' AND abandoned_at >= %s::timestamptz THEN 'abandoned' "
@@ -479,6 +539,33 @@ def _messages_sql(columns: tuple[str, ...], sequence: str) -> str:
     )
 
 
+def _touch_params(store_id: int, customer: dict[str, Any], stamp: str) -> dict[str, Any] | None:
+    """``TOUCH_CONTACT``'s parameters for the contact of ``customer`` (None: no phone)."""
+    phone, first, last, locale = contact_of(customer)
+    if not phone:
+        return None
+    return {
+        "c_store": store_id,
+        "c_phone": phone,
+        "c_first": first,
+        "c_last": last,
+        "c_locale": locale,
+        "c_at": to_db("timestamptz", stamp),
+    }
+
+
+async def _written(cursor: psycopg.AsyncCursor[Row], record: dict[str, Any]) -> tuple[Row, bool]:
+    """The row an upsert statement returned, and whether it was created. Its JSON columns
+    are the record's own values, as SQLite's engine answers them."""
+    written = await cursor.fetchone()
+    assert written is not None
+    created = bool(written.pop("kanal_created"))
+    return {
+        column: record[column] if column in JSON_COLUMNS and column in record else value
+        for column, value in written.items()
+    }, created
+
+
 class _TimestampLoader(Loader):
     """timestamptz as SQLite's engine stores it: ``datetime.isoformat()`` in UTC."""
 
@@ -516,6 +603,10 @@ async def _configure(conn: Conn) -> None:
     conn.adapters.register_loader("bool", _FlagLoader)
 
 
+#: A statement of a group commit (``_grouped``): its sort key, SQL, parameters, answer.
+_Member = tuple[str, str, Params, "asyncio.Future[Row]"]
+
+
 @dataclass
 class _Held:
     """The connection of the current transaction, and the advisory locks it holds."""
@@ -533,6 +624,19 @@ class PostgresStorage:
         self._held: ContextVar[_Held | None] = ContextVar(f"kanal_pg_{id(self)}", default=None)
         self._secret: bytes | None = None
         self._sequences: dict[str, str] = {}
+        self._statistics: asyncio.Task[None] | None = None
+        #: The statements of this turn of the event loop (``_grouped``), and the groups
+        #: being committed.
+        self._group: list[_Member] | None = None
+        self._committing: set[asyncio.Task[None]] = set()
+        #: Accounts remembered (``account(..., remembered=True)``): (token hash, store
+        #: id) -> (key, store, stamp).
+        self._accounts: dict[tuple[str, int], tuple[Row, Row, str]] = {}
+        #: The current request's remembered account, until its first statement verifies
+        #: it: (token hash, store id, stamp).
+        self._unverified: ContextVar[tuple[str, int, str] | None] = ContextVar(
+            f"kanal_pg_unverified_{id(self)}", default=None
+        )
         #: The schema's version when opened and now (``migrate``).
         self.migrated = (-1, -1)
 
@@ -561,7 +665,108 @@ class PostgresStorage:
         return store
 
     async def close(self) -> None:
+        if self._statistics is not None:
+            self._statistics.cancel()
         await self.pool.close()
+
+    # -- group commit ---------------------------------------------------------------
+
+    async def _grouped(self, order: str, sql: str, params: Params) -> Row:
+        """Run a statement that commits by itself (``upsert_unless_open``'s) with those
+        that reach this point in the same turn of the event loop: one pipeline on one
+        connection, one implicit transaction that its Sync commits, one round trip and
+        one commit for all; the row each returns, once committed. Statements are sent in
+        the order of ``order`` (the contact's phone: the locks every group takes come in
+        one order), in their order of arrival within it. Should any fail, the group's
+        transaction has written nothing, and each runs again by itself (its own error
+        goes to its caller)."""
+        loop = asyncio.get_running_loop()
+        group = self._group
+        if group is None:
+            group = self._group = []
+            loop.call_soon(self._send_group)
+        done: asyncio.Future[Row] = loop.create_future()
+        group.append((order, sql, params, done))
+        return await done
+
+    def _send_group(self) -> None:
+        group, self._group = self._group or [], None
+        group.sort(key=lambda member: member[0])  # stable: arrival order kept
+        task = asyncio.get_running_loop().create_task(self._commit_group(group))
+        self._committing.add(task)
+        task.add_done_callback(self._committing.discard)
+
+    async def _commit_group(self, group: list[_Member]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        cursors = [await conn.execute(sql, params) for _, sql, params, _ in group]
+                    rows = [await cursor.fetchone() for cursor in cursors]
+                except psycopg.Error:
+                    if len(group) == 1:
+                        raise
+                    rows = None  # the group wrote nothing: each again, by itself
+        except BaseException as exc:
+            for *_, done in group:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if rows is None:
+            for member in group:
+                await self._commit_group([member])
+            return
+        for (*_, done), row in zip(group, rows, strict=True):
+            if not done.done():
+                done.set_result(row)
+
+    # -- statistics ---------------------------------------------------------------
+
+    def watch_statistics(self) -> None:
+        """In the running event loop, for the first ``STATISTICS_WATCH`` seconds: every
+        ``STATISTICS_EVERY`` second, ``analyze_new_tables`` (a server's storage).
+
+        Why: PostgreSQL plans a statement that psycopg prepared (its fifth run on a
+        connection) once, generically, and keeps that plan. For a table without
+        statistics, ``store_id = $1`` looks as selective as any condition, so every
+        index led by ``store_id`` seems as good as the unique one that finds the row,
+        and the plan may read all of a store's rows for each upsert: measured, 2,400
+        index entries and heap rows per request at 5,000 orders, the database's CPU
+        doubled. Autovacuum analyzes a table a minute or more after its first 50 rows;
+        until then a fresh database served that plan. Statistics invalidate the plans
+        made without them."""
+        if self._statistics is None:
+            self._statistics = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        deadline = time.monotonic() + STATISTICS_WATCH
+        while time.monotonic() < deadline:
+            try:
+                if not await self.analyze_new_tables():
+                    return
+            except psycopg.Error:
+                pass  # the database is away: try again, as the requests will
+            await asyncio.sleep(STATISTICS_EVERY)
+
+    async def analyze_new_tables(self) -> list[str]:
+        """``ANALYZE`` each table of store data that holds rows and was never analyzed
+        (by autovacuum or anyone); returns those still without statistics (empty)."""
+        left = []
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() "
+                "AND relname = ANY(%s) AND last_analyze IS NULL AND last_autoanalyze IS NULL",
+                (list(STORE_TABLES),),
+            )
+            for (table,) in [tuple(row.values()) for row in await cursor.fetchall()]:
+                found = await conn.execute(f"SELECT EXISTS (SELECT FROM {table}) AS found")
+                if (await found.fetchone() or {}).get("found"):
+                    await conn.execute(f"ANALYZE (SKIP_LOCKED) {table}")
+                else:
+                    left.append(table)
+        return left
 
     # -- connections and transactions ---------------------------------------------
 
@@ -573,6 +778,7 @@ class PostgresStorage:
             yield held.conn
             return
         async with self.pool.connection() as conn:
+            await self._verify(conn)
             yield conn
 
     @asynccontextmanager
@@ -583,11 +789,51 @@ class PostgresStorage:
             yield held.conn
             return
         async with self.pool.connection() as conn, conn.transaction():
+            await self._verify(conn)
             token = self._held.set(_Held(conn))
             try:
                 yield conn
             finally:
                 self._held.reset(token)
+
+    def _verification(self) -> tuple[str, tuple[str, int, str]] | None:
+        """The SQL expression (for a SELECT) and parameters that verify the current
+        request's remembered account, if it has one not verified yet; from now on it
+        counts as verified (the statement is sent next, before any other)."""
+        pending = self._unverified.get()
+        if pending is None:
+            return None
+        self._unverified.set(None)
+        return VERIFY_ACCOUNT, pending
+
+    def _changed(self, exc: psycopg.Error, pending: tuple[str, int, str] | None) -> bool:
+        """Whether ``exc`` says the remembered account changed; then it is forgotten."""
+        if pending is None or exc.sqlstate != ACCOUNT_CHANGED:
+            return False
+        self._accounts.pop(pending[:2], None)
+        return True
+
+    async def _verify(self, conn: Conn) -> None:
+        """The first statement of a request that relies on a remembered account: raises
+        ``AccountChanged`` if the key or the store is no longer as remembered."""
+        verification = self._verification()
+        if verification is None:
+            return
+        sql, params = verification
+        try:
+            await conn.execute(f"SELECT {sql}", params)
+        except psycopg.Error as exc:
+            if self._changed(exc, params):
+                raise AccountChanged from None
+            raise
+
+    async def verify_account(self) -> None:
+        """Verify the current request's remembered account now, if nothing has yet (a
+        request about to answer without having used the database): ``AccountChanged``
+        if it changed."""
+        if self._unverified.get() is not None:
+            async with self.pool.connection() as conn:
+                await self._verify(conn)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[Conn]:
@@ -782,53 +1028,80 @@ class PostgresStorage:
         values: dict[str, Any],
         key: dict[str, Any],
         stamp: str,
-    ) -> tuple[str, list[Any]]:
+    ) -> tuple[str, dict[str, Any]]:
         """One statement: update the row of ``key``, else insert it (ON CONFLICT: a row
         inserted meanwhile by another transaction is updated instead); the row, with
         ``kanal_created``."""
-        target = self._conflict_target(table, key)
-        revive = table == "customers"  # a soft-deleted customer that comes back
-        sets, set_params = self._assignments(table, values)
-        sets.append("updated_at = %s::timestamptz")
-        set_params.append(to_db("timestamptz", stamp))
-        if revive:
-            sets.append("deleted_at = NULL")
-        match, match_params = self._match(table, key)
-        if revive:
-            update = (
-                f"UPDATE {table} AS t SET {', '.join(sets)} FROM (SELECT id, deleted_at "
-                f"FROM {table} WHERE store_id = %s::bigint AND {match}) AS old "
-                "WHERE t.store_id = %s::bigint AND t.id = old.id "
-                "RETURNING t.*, old.deleted_at IS NOT NULL AS kanal_created"
-            )
-            update_params = [*set_params, store_id, *match_params, store_id]
-        else:
-            update = (
-                f"UPDATE {table} AS t SET {', '.join(sets)} "
-                f"WHERE store_id = %s::bigint AND {match} RETURNING t.*, false AS kanal_created"
-            )
-            update_params = [*set_params, store_id, *match_params]
-        names = ["store_id", *values, "inserted_at", "updated_at"]
-        marks, insert_params = ["%s::bigint"], [store_id]
-        for column, value in values.items():
-            mark, bound = self._param(table, column, value)
-            marks.append(mark)
-            insert_params.append(bound)
-        marks += ["%s::timestamptz", "%s::timestamptz"]
-        insert_params += [to_db("timestamptz", stamp)] * 2
-        replaced = [f"{column} = EXCLUDED.{column}" for column in [*values, "updated_at"]]
-        if revive:
-            replaced.append("deleted_at = NULL")
-        insert = (
-            f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(marks)} "
-            f"WHERE NOT EXISTS (SELECT FROM updated) ON CONFLICT {target} DO UPDATE SET "
-            f"{', '.join(replaced)} RETURNING *, (xmax = 0) AS kanal_created"
-        )
+        update, insert, params = self._upsert_parts(table, store_id, values, key, stamp)
         sql = (
             f"WITH updated AS ({update}), inserted AS ({insert}) "
             "SELECT * FROM updated UNION ALL SELECT * FROM inserted"
         )
-        return sql, [*update_params, *insert_params]
+        return sql, params
+
+    def _upsert_parts(
+        self,
+        table: str,
+        store_id: int,
+        values: dict[str, Any],
+        key: dict[str, Any],
+        stamp: str,
+        gated: bool = False,
+    ) -> tuple[str, str, dict[str, Any]]:
+        """``_upsert_sql``'s UPDATE and INSERT (which reads ``updated``), and their
+        parameters (by name). ``gated``: each writes only where ``ok.state = 0`` (a CTE ``ok`` of
+        one row, ``upsert_unless_open``'s)."""
+        target = self._conflict_target(table, key)
+        revive = table == "customers"  # a soft-deleted customer that comes back
+        assert not (gated and revive), "customers are not written gated"
+        from_gate, gate = (" FROM ok", "ok.state = 0 AND ") if gated else ("", "")
+        # Named parameters: each value is bound once, however often the SQL reads it.
+        params: dict[str, Any] = {"store": store_id, "stamp": to_db("timestamptz", stamp)}
+        marks: dict[str, str] = {}
+        for n, (column, value) in enumerate(values.items()):
+            mark, params[f"v{n}"] = self._param(table, column, value)
+            marks[column] = mark.replace("%s", f"%(v{n})s")
+        conditions = []
+        for n, (column, value) in enumerate(key.items()):
+            if value is None:
+                self._param(table, column, None)  # a known column
+                conditions.append(f"{column} IS NULL")
+            else:
+                mark, params[f"k{n}"] = self._param(table, column, value)
+                conditions.append(f"{column} = {mark.replace('%s', f'%(k{n})s')}")
+        match = " AND ".join(conditions)
+        sets = [f"{column} = {mark}" for column, mark in marks.items()]
+        sets.append("updated_at = %(stamp)s::timestamptz")
+        if revive:
+            sets.append("deleted_at = NULL")
+            update = (
+                f"UPDATE {table} AS t SET {', '.join(sets)} FROM (SELECT id, deleted_at "
+                f"FROM {table} WHERE store_id = %(store)s::bigint AND {match}) AS old "
+                "WHERE t.store_id = %(store)s::bigint AND t.id = old.id "
+                "RETURNING t.*, old.deleted_at IS NOT NULL AS kanal_created"
+            )
+        else:
+            update = (
+                f"UPDATE {table} AS t SET {', '.join(sets)}{from_gate} "
+                f"WHERE {gate}t.store_id = %(store)s::bigint AND {match} "
+                "RETURNING t.*, false AS kanal_created"
+            )
+        names = ["store_id", *values, "inserted_at", "updated_at"]
+        inserted = [
+            "%(store)s::bigint",
+            *marks.values(),
+            "%(stamp)s::timestamptz",
+            "%(stamp)s::timestamptz",
+        ]
+        replaced = [f"{column} = EXCLUDED.{column}" for column in [*values, "updated_at"]]
+        if revive:
+            replaced.append("deleted_at = NULL")
+        insert = (
+            f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(inserted)}{from_gate} "
+            f"WHERE {gate}NOT EXISTS (SELECT FROM updated) ON CONFLICT {target} DO UPDATE "
+            f"SET {', '.join(replaced)} RETURNING *, (xmax = 0) AS kanal_created"
+        )
+        return update, insert, params
 
     @staticmethod
     def _phone_of(table: str, record: dict[str, Any]) -> str | None:
@@ -902,22 +1175,13 @@ class PostgresStorage:
             and store_id not in held.stores
             and not (contact_key in held.locks and store_key in held.locks)
         )
-        touch = contact_of(customer)
+        touch = _touch_params(store_id, customer, stamp)
         async with conn.pipeline():
             if lock:  # as _lock_contact
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock_shared(%s, %s), pg_advisory_xact_lock(%s, %s)",
-                    (*store_key, *contact_key),
-                )
+                await conn.execute(f"SELECT {LOCK_CONTACT_SQL}", (*store_key, *contact_key))
             upserted = await conn.execute(sql, params)
-            if touch[0]:  # as touch_contacts, for one contact
-                moment = to_db("timestamptz", stamp)
-                names = touch[1:]
-                await conn.execute(
-                    TOUCH_CONTACT,
-                    (*names, moment, moment, store_id, touch[0], store_id, touch[0], *names)
-                    + (moment,) * 3,
-                )
+            if touch is not None:  # as touch_contacts, for one contact
+                await conn.execute(TOUCH_CONTACT, touch)
             checked = None
             if open_check and phone is not None:
                 checked = await conn.execute(
@@ -925,15 +1189,86 @@ class PostgresStorage:
                 )
         if lock:
             held.locks.update((store_key, contact_key))
-        written = await upserted.fetchone()
-        assert written is not None
-        created = bool(written.pop("kanal_created"))
-        stored = {
-            column: record[column] if column in JSON_COLUMNS and column in record else value
-            for column, value in written.items()
-        }
+        stored, created = await _written(upserted, record)
         found = checked is not None and (await checked.fetchone() or {}).get("open")
         return stored, created, bool(found)
+
+    async def upsert_unless_open(
+        self,
+        table: str,
+        store_id: int,
+        record: dict[str, Any],
+        key: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """``upsert`` and ``touch_contact`` of a record that embeds a customer, committed
+        together, unless its phone has an abandoned checkout or cart not yet recovered:
+        then nothing is written and the answer is None (the caller writes it in a
+        transaction that attributes the recovery). Returns (row, created) else.
+
+        Outside a transaction, one statement, one round trip, committed by itself:
+        ``kanal_may_write`` (migration step 6) verifies a remembered account
+        (``account``), takes the contact's lock and looks for an open abandoned checkout
+        or cart (in a snapshot of its own, taken once the lock is held); the upsert and
+        the contact's touch, as CTEs that read its answer, write only when it says so.
+        Inside a transaction, the same steps, in it."""
+        if table not in HOLDERS:
+            raise ValueError(f"{table} records embed no customer")
+        phone = record.get("customer_phone")
+        if self._held.get() is not None:
+            if phone is not None:
+                await self._lock_contact(store_id, phone)
+                if await self.phones_with_open_abandoned(store_id, {phone}):
+                    return None
+            row, created, _ = await self.upsert_and_touch(table, store_id, record, key=key)
+            return row, created
+        key = key or {"external_id": record["external_id"]}
+        stamp = formats.now()
+        update, insert, params = self._upsert_parts(
+            table, store_id, self.encode(record), key, stamp, gated=True
+        )
+        touch = _touch_params(store_id, record.get("customer") or {}, stamp)
+        pending = self._unverified.get()
+        self._unverified.set(None)  # verified by this statement
+        hash_, stamp_ = (pending[0], pending[2]) if pending else (None, None)
+        keys = (
+            (_lock_key(str(store_id)), _lock_key(f"{store_id}:{phone}"))
+            if phone is not None
+            else (None, None)
+        )
+        ctes = [
+            "ok AS MATERIALIZED (SELECT kanal_may_write(%(a_hash)s::text, %(store)s::bigint, "
+            "%(a_stamp)s::text, %(a_phone)s::text, %(a_store_key)s::integer, "
+            "%(a_contact_key)s::integer) AS state)",
+            f"updated AS ({update})",
+            f"inserted AS ({insert})",
+        ]
+        params.update(
+            a_hash=hash_, a_stamp=stamp_, a_phone=phone, a_store_key=keys[0], a_contact_key=keys[1]
+        )
+        if touch is not None:
+            gate = {"from_gate": " FROM ok", "gate": "ok.state = 0 AND "}
+            ctes.append(f"touched AS ({TOUCH_CONTACT_UPDATE.format(**gate)})")
+            inserting = TOUCH_CONTACT_INSERT.format(**gate, updated="touched")
+            ctes.append(f"touched_new AS ({inserting})")
+            params.update(touch)
+        sql = (
+            f"WITH {', '.join(ctes)} SELECT ok.state AS kanal_state, written.* FROM ok "
+            "LEFT JOIN (SELECT * FROM updated UNION ALL SELECT * FROM inserted) AS written "
+            "ON true"
+        )
+        written = await self._grouped(phone or "", sql, params)
+        state = written.pop("kanal_state")
+        if state == ACCOUNT_MOVED:
+            assert pending is not None
+            self._accounts.pop(pending[:2], None)
+            raise AccountChanged
+        if state == PHONE_OPEN:
+            return None
+        created = bool(written.pop("kanal_created"))
+        return {
+            column: record[column] if column in JSON_COLUMNS and column in record else value
+            for column, value in written.items()
+        }, created
 
     async def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -1319,14 +1654,9 @@ class PostgresStorage:
         """Create or refresh the contact of a customer's phone (names last seen). One
         row's statement, updated first, inserted else (a touch never draws an id): a
         request's, lighter than ``touch_contacts``'s set statement."""
-        phone, *names = contact_of(customer)
-        if not phone:
-            return
-        stamp = to_db("timestamptz", formats.now())
-        await self._run(
-            TOUCH_CONTACT,
-            (*names, stamp, stamp, store_id, phone, store_id, phone, *names, stamp, stamp, stamp),
-        )
+        touch = _touch_params(store_id, customer, formats.now())
+        if touch is not None:
+            await self._run(TOUCH_CONTACT, touch)
 
     async def touch_contacts(self, store_id: int, contacts: Sequence[Contact]) -> None:
         """``touch_contact`` for many customers (``contact_of``), in order: the last
@@ -1741,19 +2071,35 @@ class PostgresStorage:
         return int(written["id"]) if written else 0
 
     async def account(
-        self, token_hash: str, store_id: int
+        self, token_hash: str, store_id: int, *, remembered: bool = False
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The key with this hash and the store, as ``find_key`` and ``get_store`` give
-        them: both read by one statement on every call, so a key revoked or a store
-        paused from any host counts from the next request on."""
+        them, read by one statement, so a key revoked or a store paused from any host
+        counts from the next request on.
+
+        With ``remembered``, a key and store found together before are answered from
+        memory, and the request's first statement verifies them (their rows' ``stamp``)
+        in the same round trip as its own work: if either changed meanwhile, that
+        statement fails, nothing is written, and ``AccountChanged`` is raised (the
+        caller serves the request again, reading them afresh). A request that would
+        answer without using the database calls ``verify_account`` first."""
+        self._unverified.set(None)
+        if remembered and (found := self._accounts.get((token_hash, store_id))) is not None:
+            self._unverified.set((token_hash, store_id, found[2]))
+            return found[0], found[1]
         row = await self._one(ACCOUNT_SQL, (token_hash, store_id))
         assert row is not None  # one row, whatever matches
-        return tuple(  # type: ignore[return-value]
+        key, shop = (
             None
             if row[f"{prefix}__id"] is None
             else {column: row[f"{prefix}__{column}"] for column in COLUMNS[table]}
             for prefix, table in (("k", "api_keys"), ("s", "stores"))
         )
+        if remembered and key is not None and shop is not None:
+            if len(self._accounts) >= ACCOUNTS_REMEMBERED:
+                self._accounts.clear()
+            self._accounts[(token_hash, store_id)] = (key, shop, row["stamp"])
+        return key, shop
 
     async def find_key(self, token_hash: str) -> dict[str, Any] | None:
         return await self._one("SELECT * FROM api_keys WHERE token_hash = %s::text", (token_hash,))

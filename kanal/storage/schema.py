@@ -229,7 +229,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "the schema; nothing to move)",
         "SELECT 1",
     ),
+    (
+        6,
+        "PostgreSQL: kanal_expect(), with which a write sent in one round trip refuses to "
+        "go on when what it counted on no longer holds (nothing on SQLite)",
+        "SELECT 1",
+    ),
 ]
+
+
+class AccountChanged(Exception):
+    """The key or the store a request was authorised with, remembered from an earlier
+    request, changed in the database since (revoked, paused, its settings updated):
+    nothing was written; the request is to be served again with them read afresh."""
+
+
 #: Import jobs: the states of a job that has not ended, and of one that has.
 UNFINISHED = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")

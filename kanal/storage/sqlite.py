@@ -345,6 +345,26 @@ class Storage:
             found = open_check and phone and self.phones_with_open_abandoned(store_id, {phone})
         return row, created, bool(found)
 
+    def upsert_unless_open(
+        self,
+        table: str,
+        store_id: int,
+        record: dict[str, Any],
+        key: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """``upsert`` and ``touch_contact`` of a record that embeds a customer, in one
+        transaction, unless its phone has an abandoned checkout or cart not yet
+        recovered: then nothing is written and the answer is None. (The PostgreSQL
+        engine sends it in one round trip.) Returns (row, created) else."""
+        if table not in HOLDERS:
+            raise ValueError(f"{table} records embed no customer")
+        with self.transaction():
+            phone = record.get("customer_phone")
+            if phone is not None and self.phones_with_open_abandoned(store_id, {phone}):
+                return None
+            row, created, _ = self.upsert_and_touch(table, store_id, record, key=key)
+        return row, created
+
     def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> list[bool]:
@@ -996,12 +1016,14 @@ class Storage:
             )
 
     def account(
-        self, token_hash: str, store_id: int
+        self, token_hash: str, store_id: int, *, remembered: bool = False
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The key with this hash and the store, as ``find_key`` and ``get_store`` give
         them, remembered until the database changes through another connection
         (``PRAGMA data_version``): a key revoked or a store paused by ``kanal`` in
-        another process counts from the next request on, as before."""
+        another process counts from the next request on, as before. (Always exact
+        here, so ``remembered``, which lets the PostgreSQL engine verify later, changes
+        nothing.)"""
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._accounts_version:
             self._accounts.clear()
@@ -1015,6 +1037,9 @@ class Storage:
                 self.get_store(store_id),
             )
         return found
+
+    def verify_account(self) -> None:
+        """Nothing to verify: ``account`` is always exact on SQLite (see there)."""
 
     def find_key(self, token_hash: str) -> dict[str, Any] | None:
         row = self._find("api_keys", {"token_hash": token_hash})
