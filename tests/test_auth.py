@@ -79,9 +79,7 @@ def test_revoked_key_stops_at_once(api: Api, storage: Storage) -> None:
     assert (response.status_code, response.json()) == (401, {"error": "Invalid API key"})
 
 
-def test_a_change_counts_from_the_next_request_whatever_it_is(
-    api: Api, storage: Storage
-) -> None:
+def test_a_change_counts_from_the_next_request_whatever_it_is(api: Api, storage: Storage) -> None:
     """A key and store remembered from earlier requests (on PostgreSQL, verified by the
     request's first statement, or before answering one that used no statement) never
     outlive a change: right after the store is paused, a write, a read, a retrieval and

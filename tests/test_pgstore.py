@@ -679,6 +679,82 @@ def test_twenty_concurrent_identical_upserts_create_one(database: str) -> None:
     asyncio.run(main())
 
 
+def test_orders_of_one_turn_commit_together_and_answer_each_their_own(database: str) -> None:
+    """``upsert_unless_open`` calls made in one turn of the event loop share one
+    statement pipeline and one commit: each gets its own answer (created, updated, the
+    last of two versions of one order kept, None for a phone with an open abandoned
+    checkout, whose order is not written), and a member that fails (a string PostgreSQL
+    cannot store) fails alone: the others are written, each by itself."""
+
+    async def main() -> None:
+        store = await opened(database, pool_size=2)
+        try:
+            await store.upsert("checkouts", 1, checkout("K1", BASE, "9.00", customer(P3)))
+            await store.upsert("orders", 1, order("O2", BASE, "2.00", customer(P1)))
+            calls = [
+                ("O1", "1.00", customer(P1, "C1")),
+                ("O2", "2.50", customer(P2)),
+                ("O9", "9.00", customer(P3)),  # K1 is open for P3
+                ("O1", "1.50", customer(P1, "C1", first="Léa")),  # O1 again, later
+                ("O4", "4.00", customer(P4)),
+            ]
+            results = await asyncio.gather(
+                *(
+                    store.upsert_unless_open("orders", 1, order(ext, BASE, total, person))
+                    for ext, total, person in calls
+                )
+            )
+            answers = [None if r is None else (r[0]["external_id"], r[1]) for r in results]
+            assert answers == [("O1", True), ("O2", False), None, ("O1", False), ("O4", True)]
+            assert (await store.get("orders", 1, "O1"))["total_price"] == "1.50"
+            assert (await store.get("orders", 1, "O2"))["customer_phone"] == P2
+            assert await store.get("orders", 1, "O9") is None
+            contacts = await store.select("contacts", 1, [("phone", "=", P1)])
+            assert contacts[0]["first_name"] == "Léa"
+
+            bad = order("O5", BASE, "5.00", customer(P2))
+            bad["fulfillment_status"] = "nul\x00"
+            results = await asyncio.gather(
+                store.upsert_unless_open("orders", 1, order("O6", BASE, "6.00", customer(P1))),
+                store.upsert_unless_open("orders", 1, bad),
+                store.upsert_unless_open("orders", 1, order("O7", BASE, "7.00", customer(P4))),
+                return_exceptions=True,
+            )
+            assert isinstance(results[1], psycopg.DataError)
+            assert [r[1] for r in (results[0], results[2])] == [True, True]
+            assert await store.get("orders", 1, "O5") is None
+            assert {r["external_id"] for r in await store.select("orders", 1, [])} == {
+                "O1", "O2", "O4", "O6", "O7"
+            }  # fmt: skip
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_tables_that_hold_rows_get_statistics(database: str) -> None:
+    """A table PostgreSQL has no statistics of is analyzed once it holds rows
+    (``analyze_new_tables``): its plans are then made knowing the store's rows are not
+    few; empty tables are left for later."""
+
+    async def main() -> None:
+        store = await opened(database, pool_size=2)
+        try:
+            await store.upsert("orders", 1, order("O1", BASE, "1.00", customer(P1)))
+            left = await store.analyze_new_tables()
+            assert "orders" not in left
+            assert {"checkouts", "contacts"} <= set(left)  # empty
+            async with store.pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT reltuples FROM pg_class WHERE relname = 'orders'"
+                )
+                assert (await cursor.fetchone())["reltuples"] == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_two_hosts_share_one_exact_rate_window(database: str) -> None:
     """Two storages (two pools, as two hosts) reserving at once for a store limited to
     30 a minute: exactly 30 granted, never more taken than the limit."""

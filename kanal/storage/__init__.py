@@ -136,6 +136,10 @@ class AsyncStorage:
         "cancel_import",
     )
 
+    #: Whether ``account(..., remembered=True)`` may answer from memory, to be verified
+    #: later (``verify_account``): never here, where ``account`` is always exact.
+    remembers_accounts = False
+
     def __init__(self, engine: Storage, *, group_commit: bool = False) -> None:
         self.engine = engine
         #: Group commit (the server's storage): see ``transaction``.

@@ -619,6 +619,9 @@ class _Held:
 class PostgresStorage:
     """One PostgreSQL database: the accounts (teams, stores, keys) and the records."""
 
+    #: ``account(..., remembered=True)`` answers from memory, verified later.
+    remembers_accounts = True
+
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self.pool = pool
         self._held: ContextVar[_Held | None] = ContextVar(f"kanal_pg_{id(self)}", default=None)
@@ -674,12 +677,12 @@ class PostgresStorage:
     async def _grouped(self, order: str, sql: str, params: Params) -> Row:
         """Run a statement that commits by itself (``upsert_unless_open``'s) with those
         that reach this point in the same turn of the event loop: one pipeline on one
-        connection, one implicit transaction that its Sync commits, one round trip and
-        one commit for all; the row each returns, once committed. Statements are sent in
-        the order of ``order`` (the contact's phone: the locks every group takes come in
-        one order), in their order of arrival within it. Should any fail, the group's
-        transaction has written nothing, and each runs again by itself (its own error
-        goes to its caller)."""
+        connection, one transaction, one round trip and one commit for all; the row
+        each returns, once committed. Statements are sent in the order of ``order``
+        (the contact's phone: the locks every group takes come in one order), in their
+        order of arrival within it. Should any fail, the group's transaction has
+        written nothing, and each runs again by itself (its own error goes to its
+        caller)."""
         loop = asyncio.get_running_loop()
         group = self._group
         if group is None:
@@ -700,10 +703,22 @@ class PostgresStorage:
         try:
             async with self.pool.connection() as conn:
                 try:
+                    # BEGIN and COMMIT sent with them: a statement that fails in the
+                    # database skips the rest (COMMIT too), one that fails here (a value
+                    # psycopg cannot send) ends with a ROLLBACK instead.
                     async with conn.pipeline():
-                        cursors = [await conn.execute(sql, params) for _, sql, params, _ in group]
+                        await conn.execute("BEGIN")
+                        try:
+                            cursors = [
+                                await conn.execute(sql, params) for _, sql, params, _ in group
+                            ]
+                        except BaseException:
+                            await conn.execute("ROLLBACK")
+                            raise
+                        await conn.execute("COMMIT")
                     rows = [await cursor.fetchone() for cursor in cursors]
                 except psycopg.Error:
+                    await conn.rollback()  # a block the failure left open, if any
                     if len(group) == 1:
                         raise
                     rows = None  # the group wrote nothing: each again, by itself
