@@ -68,6 +68,21 @@ Concurrency without a process-local lock
       the start of each chunk, which then needs no contact locks).
     - The cursor secret and the other settings live in the ``settings`` table.
 
+A request's write in one round trip
+    Most orders set nothing off (no open abandoned checkout or cart for their phone, no
+    confirmation to send): ``upsert_unless_open`` writes such an order and its contact
+    with one statement, whose first CTE calls ``kanal_may_write`` (a PL/pgSQL function
+    of migration step 6: it verifies a remembered account, takes the contact's lock and
+    looks for an open checkout or cart in a snapshot taken after the lock); the writes
+    read its answer and write nothing when it says no. The statements of the requests
+    that reach it in the same turn of the event loop are sent together, in one
+    transaction with one commit (``_grouped``): one round trip for all of them, and
+    requests for one contact no longer wait for each other's commits.
+    ``account(..., remembered=True)`` answers a key and store found before from
+    memory; the request's first statement verifies them (``kanal_may_write``, or
+    ``kanal_expect`` before any other statement), so a revoked key or a paused store
+    still counts from the next request, on any host.
+
 Bulk writes (``kanal import``)
     ``upsert_many`` copies a set of rows (``COPY``) into a temporary staging table of
     the session (emptied at every commit) and writes them with one ``INSERT ... SELECT
