@@ -569,10 +569,9 @@ def _touch_params(store_id: int, customer: dict[str, Any], stamp: str) -> dict[s
     }
 
 
-async def _written(cursor: psycopg.AsyncCursor[Row], record: dict[str, Any]) -> tuple[Row, bool]:
+def _stored(written: Row | None, record: dict[str, Any]) -> tuple[Row, bool]:
     """The row an upsert statement returned, and whether it was created. Its JSON columns
     are the record's own values, as SQLite's engine answers them."""
-    written = await cursor.fetchone()
     assert written is not None
     created = bool(written.pop("kanal_created"))
     return {
@@ -1158,16 +1157,7 @@ class PostgresStorage:
         key = key or {"external_id": record["external_id"]}
         sql, params = self._upsert_sql(table, store_id, self.encode(record), key, formats.now())
         await self._lock_contact(store_id, self._phone_of(table, record))
-        written = await self._one(sql, params)
-        assert written is not None
-        created = bool(written.pop("kanal_created"))
-        # The JSON columns just written are the record's own values, as SQLite's engine
-        # answers them.
-        stored = {
-            column: record[column] if column in JSON_COLUMNS and column in record else value
-            for column, value in written.items()
-        }
-        return stored, created
+        return _stored(await self._one(sql, params), record)
 
     async def upsert_and_touch(
         self,
@@ -1219,7 +1209,7 @@ class PostgresStorage:
                 )
         if lock:
             held.locks.update((store_key, contact_key))
-        stored, created = await _written(upserted, record)
+        stored, created = _stored(await upserted.fetchone(), record)
         found = checked is not None and (await checked.fetchone() or {}).get("open")
         return stored, created, bool(found)
 
@@ -1294,11 +1284,7 @@ class PostgresStorage:
             raise AccountChanged
         if state == PHONE_OPEN:
             return None
-        created = bool(written.pop("kanal_created"))
-        return {
-            column: record[column] if column in JSON_COLUMNS and column in record else value
-            for column, value in written.items()
-        }, created
+        return _stored(written, record)
 
     async def upsert_many(
         self, table: str, store_id: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]
