@@ -432,6 +432,8 @@ class FastOperation:
             async def replaying() -> Message:
                 return next(replay, None) or await receive()
 
+            # (The request counts against the rate limit again: a store's limit may be
+            # what changed; a permit more spent, never one too many granted.)
             for entry in (BODY, "headers"):
                 scope.get("kanal", {}).pop(entry, None)
             await self.serve(scope, replaying, send, remembered=False)
