@@ -387,6 +387,8 @@ OPEN_ABANDONED_OF_PHONE = f"SELECT {_OPEN_OF_PHONE} AS open"
 #: Advisory lock classes (the first key of the two-key form).
 LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_IMPORTS = 7301, 7302, 7303, 7304
 LOCK_ACCOUNTS = 7305
+#: Migration step 7 is SQLite's: the account changes PostgreSQL's requests verify.
+STEP_SQL[7] = "SELECT 1"
 #: ``kanal_may_write``'s answers (``upsert_unless_open``): go on; the remembered account
 #: changed; the phone has an open abandoned checkout or cart.
 MAY_WRITE, ACCOUNT_MOVED, PHONE_OPEN = 0, 1, 2

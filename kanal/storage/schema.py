@@ -204,7 +204,7 @@ def erased_customer() -> dict[str, None]:
 RATE_WINDOW = 60.0
 #: Numbered steps beyond creating what is missing: (version, what it does, SQL). A
 #: database records the last one it had; the steps after it run once, in order.
-MIGRATIONS: list[tuple[int, str, str]] = [
+MIGRATIONS: list[tuple[int, str, str | tuple[str, ...]]] = [
     (1, "the schema as created by the first versions", "SELECT 1"),
     (
         2,
@@ -234,6 +234,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "PostgreSQL: kanal_expect(), with which a write sent in one round trip refuses to "
         "go on when what it counted on no longer holds (nothing on SQLite)",
         "SELECT 1",
+    ),
+    (
+        7,
+        "SQLite: every change to api_keys or stores counts in settings' accounts_version, "
+        "so a server's remembered keys and stores outlive other processes' writes to "
+        "orders (nothing on PostgreSQL)",
+        tuple(
+            f"CREATE TRIGGER IF NOT EXISTS kanal_accounts_{table}_{event.lower()} "
+            f"AFTER {event} ON {table} BEGIN "
+            "INSERT INTO settings (key, value) VALUES ('accounts_version', '1') "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1; END"
+            for table in ("api_keys", "stores")
+            for event in ("INSERT", "UPDATE", "DELETE")
+        ),
     ),
 ]
 

@@ -42,6 +42,8 @@ from kanal.storage.schema import (
 
 #: (key, store) pairs an app remembers between changes to the database.
 ACCOUNTS_CACHED = 10_000
+#: The settings entry every change to api_keys or stores counts in (migration step 7).
+ACCOUNTS_VERSION = "accounts_version"
 #: The operators of a condition, as SQL (``in`` takes a list; ``is null`` no value).
 OPERATORS = {
     "=": "{} = ?",
@@ -85,6 +87,7 @@ class Storage:
         self.db = sqlite_utils.Database(self.conn)
         self._accounts: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._accounts_version = -1
+        self._accounts_stamp: str | None = None
         #: The schema's version when opened and now (``migrate``).
         self.migrated = self.migrate()
 
@@ -108,7 +111,8 @@ class Storage:
             before = -1 if fresh else int(self.conn.execute("PRAGMA user_version").fetchone()[0])
             for version, _, step in MIGRATIONS:
                 if version > before:
-                    self.conn.execute(step)
+                    for statement in (step,) if isinstance(step, str) else step:
+                        self.conn.execute(statement)
             after = max(before, MIGRATIONS[-1][0])
             self.conn.execute(f"PRAGMA user_version = {after}")
         return before, after
@@ -974,6 +978,7 @@ class Storage:
 
     def create_store(self, store: dict[str, Any]) -> dict[str, Any]:
         """Insert a store; raises sqlite3.IntegrityError when its id is taken."""
+        self._accounts.clear()  # this connection's writes leave data_version as it is
         with self.transaction() as conn:
             if store.get("team_id") is not None:
                 self.create_team(store["team_id"])
@@ -985,6 +990,7 @@ class Storage:
         return self.get_store(store["id"]) or {}
 
     def update_store(self, store_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+        self._accounts.clear()  # this connection's writes leave data_version as it is
         if changes:
             assignments = ", ".join(f"{column} = ?" for column in changes)
             with self.transaction() as conn:
@@ -1004,6 +1010,7 @@ class Storage:
         return self._find("teams", {"id": team_id}) is not None
 
     def create_key(self, key: dict[str, Any]) -> int:
+        self._accounts.clear()  # this connection's writes leave data_version as it is
         with self.transaction() as conn:
             row = {**key, "created_at": formats.now()}
             return int(
@@ -1026,8 +1033,13 @@ class Storage:
         nothing.)"""
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._accounts_version:
-            self._accounts.clear()
+            # Another connection wrote: keys or stores only if their count moved (the
+            # triggers of migration step 7), not for every order another worker wrote.
             self._accounts_version = version
+            stamp = self.setting(ACCOUNTS_VERSION)
+            if stamp != self._accounts_stamp:
+                self._accounts.clear()
+                self._accounts_stamp = stamp
         found = self._accounts.get((token_hash, store_id))
         if found is None:
             if len(self._accounts) >= ACCOUNTS_CACHED:
@@ -1049,6 +1061,7 @@ class Storage:
         return [dict(r) for r in self.conn.execute("SELECT * FROM api_keys ORDER BY id")]
 
     def delete_key(self, key_id: int) -> bool:
+        self._accounts.clear()  # this connection's writes leave data_version as it is
         with self.transaction() as conn:
             return conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
 
