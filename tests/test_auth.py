@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 
 from kanal.storage import Storage
 
-from .conftest import OTHER_STORE, STORE, Api, Rows
+from .conftest import OTHER_STORE, STORE, Api, Rows, make_accounts
 
 ORDER = {
     "external_id": "ORDER-1",
@@ -150,3 +150,32 @@ def test_keys_are_stored_hashed(rows: Rows, keys: dict[str, Any]) -> None:
 def test_healthz_needs_no_key(client: TestClient) -> None:
     response = client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_sqlite_remembers_accounts_across_other_writers(tmp_path: Any, monkeypatch: Any) -> None:
+    """SQLite: a server's remembered key and store stay remembered while other
+    processes write orders (two workers), and are forgotten as soon as another process
+    changes a key or a store (the triggers of migration step 7)."""
+    from kanal.auth import hash_token
+    from kanal.storage import Storage as SQLiteStorage
+
+    db = str(tmp_path / "kanal.db")
+    token = make_accounts(db)["store"]
+    server, other = SQLiteStorage(db), SQLiteStorage(db)
+    try:
+        reads: list[str] = []
+        find_key = server.find_key
+        monkeypatch.setattr(server, "find_key", lambda h: reads.append(h) or find_key(h))
+        key, shop = server.account(hash_token(token), STORE)
+        assert key is not None and shop is not None and len(reads) == 1
+        other.upsert("orders", STORE, dict(ORDER))
+        assert server.account(hash_token(token), STORE)[0] == key
+        assert len(reads) == 1  # another worker's order changed nothing remembered
+        other.update_store(STORE, {"name": "Renamed"})
+        assert server.account(hash_token(token), STORE)[1]["name"] == "Renamed"
+        assert len(reads) == 2
+        assert other.delete_key(key["id"])
+        assert server.account(hash_token(token), STORE)[0] is None
+    finally:
+        server.close()
+        other.close()
