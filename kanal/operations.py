@@ -413,9 +413,7 @@ class FastOperation:
         written, nothing sent), served again from the start with them read afresh,
         its body replayed."""
         if not current_storage.get().remembers_accounts:  # SQLite: always exact
-            await self.guard(scope)
-            receive, scope = await self.validation.validate(scope, receive)
-            await self.endpoint(scope, receive, send)
+            await self.serve(scope, receive, send, remembered=False)
             return
         received: list[Message] = []
 

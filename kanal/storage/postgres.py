@@ -79,8 +79,8 @@ A request's write in one round trip
     transaction with one commit (``_grouped``): one round trip for all of them, and
     requests for one contact no longer wait for each other's commits.
     ``account(..., remembered=True)`` answers a key and store found before from
-    memory; the request's first statement verifies them (``kanal_may_write``, or
-    ``kanal_expect`` before any other statement), so a revoked key or a paused store
+    memory; the request's first statement verifies them (``kanal_may_write``, in the
+    write or before any other statement), so a revoked key or a paused store
     still counts from the next request, on any host.
 
 Bulk writes (``kanal import``)
@@ -321,12 +321,11 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
     "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
 )
-#: The SQLSTATE ``kanal_expect`` raises when a remembered account changed (class KN:
-#: neither the standard's nor PostgreSQL's).
-ACCOUNT_CHANGED = "KN001"
 #: PostgreSQL's rendering of a numbered step, where SQLite's SQL would not do.
 STEP_SQL: dict[int, str] = {}
 
+#: What a remembered key and store are compared by: their rows as text, hashed.
+ACCOUNT_STAMP = "md5(k::text || s::text)"
 #: ``account``: the key of a token hash and a store, in one statement (a row of nulls
 #: for what is not found); their columns are prefixed ``k__`` and ``s__``.
 ACCOUNT_SQL = (
@@ -336,15 +335,9 @@ ACCOUNT_SQL = (
         for alias, table in (("k", "api_keys"), ("s", "stores"))
         for column in COLUMNS[table]
     )
-    + ", md5(k::text || s::text) AS stamp"
+    + f", {ACCOUNT_STAMP} AS stamp"
     " FROM (SELECT 1) AS one LEFT JOIN api_keys AS k ON k.token_hash = %s::text "
     "LEFT JOIN stores AS s ON s.id = %s::bigint"
-)
-#: Whether the key of a token hash and a store are still as remembered (``stamp``, as
-#: ``ACCOUNT_SQL`` gives it): else the statement fails with ``ACCOUNT_CHANGED``.
-VERIFY_ACCOUNT = (
-    "kanal_expect((SELECT md5(k::text || s::text) FROM api_keys AS k, stores AS s "
-    f"WHERE k.token_hash = %s::text AND s.id = %s::bigint) = %s::text, '{ACCOUNT_CHANGED}')"
 )
 #: The store's lock shared and the contact's lock (``_lock_contact``).
 LOCK_CONTACT_SQL = "pg_advisory_xact_lock_shared(%s, %s), pg_advisory_xact_lock(%s, %s)"
@@ -375,51 +368,51 @@ TOUCH_CONTACT = (
     f"WITH updated AS ({TOUCH_CONTACT_UPDATE.format(from_gate='', gate='')}) "
     + TOUCH_CONTACT_INSERT.format(from_gate="", gate="", updated="updated")
 )
-#: ``phones_with_open_abandoned`` for one phone: whether it has an abandoned checkout
-#: or cart not yet recovered.
-_OPEN_OF_PHONE = " OR ".join(
-    f"EXISTS (SELECT 1 FROM {table} WHERE store_id = %s AND customer_phone = %s "
-    "AND status = 'abandoned' AND recovered_at IS NULL)"
-    for table in ABANDONED
-)
-OPEN_ABANDONED_OF_PHONE = f"SELECT {_OPEN_OF_PHONE} AS open"
+
+
+def _open_of_phone(store: str, phone: str) -> str:
+    """Whether the phone has an abandoned checkout or cart not yet recovered, as SQL
+    (``store`` and ``phone``: what stands for them there)."""
+    return " OR ".join(
+        f"EXISTS (SELECT 1 FROM {table} WHERE store_id = {store} "
+        f"AND customer_phone = {phone} AND status = 'abandoned' AND recovered_at IS NULL)"
+        for table in ABANDONED
+    )
+
+
+#: ``phones_with_open_abandoned`` for one phone.
+OPEN_ABANDONED_OF_PHONE = f"SELECT {_open_of_phone('%s', '%s')} AS open"
 
 #: Advisory lock classes (the first key of the two-key form).
 LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_IMPORTS = 7301, 7302, 7303, 7304
 LOCK_ACCOUNTS = 7305
 #: Migration step 7 is SQLite's: the account changes PostgreSQL's requests verify.
 STEP_SQL[7] = "SELECT 1"
-#: ``kanal_may_write``'s answers (``upsert_unless_open``): go on; the remembered account
-#: changed; the phone has an open abandoned checkout or cart.
+#: ``kanal_may_write``'s answers (``upsert_unless_open``, ``_verify``): go on; the
+#: remembered account changed; the phone has an open abandoned checkout or cart.
 MAY_WRITE, ACCOUNT_MOVED, PHONE_OPEN = 0, 1, 2
-#: Migration step 6: the functions of the writes that check before they write, in the
-#: statement that writes. ``kanal_expect`` fails the statement unless ``ok``;
-#: ``kanal_may_write`` verifies a remembered account (``p_stamp`` not null), then, for a
-#: phone, takes the store's lock shared and the contact's lock (``_lock_contact``) and
-#: looks for an open abandoned checkout or cart. A volatile function's statements each
-#: take a new snapshot: the look happens after the lock, and sees what the contact's
-#: previous writers committed.
+#: Migration step 6: ``kanal_may_write``, the check a write makes in the statement that
+#: writes. It verifies a remembered account (``p_stamp`` not null), then, for a phone,
+#: takes the store's lock shared and the contact's lock (``_lock_contact``) and looks for
+#: an open abandoned checkout or cart. A volatile function's statements each take a new
+#: snapshot: the look happens after the lock, and sees what the contact's previous
+#: writers committed.
 STEP_SQL[6] = (
-    "CREATE OR REPLACE FUNCTION kanal_expect(ok boolean, sqlstate text) "
-    "RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
-    "IF ok IS NOT TRUE THEN RAISE EXCEPTION 'kanal: expectation % failed', sqlstate "
-    "USING ERRCODE = sqlstate; END IF; RETURN true; END $$; "
     "CREATE OR REPLACE FUNCTION kanal_may_write(p_hash text, p_store bigint, p_stamp text, "
     "p_phone text, p_store_key integer, p_contact_key integer) "
     "RETURNS integer LANGUAGE plpgsql AS $$ BEGIN "
-    "IF p_stamp IS NOT NULL AND (SELECT md5(k::text || s::text) FROM api_keys AS k, "
+    f"IF p_stamp IS NOT NULL AND (SELECT {ACCOUNT_STAMP} FROM api_keys AS k, "
     "stores AS s WHERE k.token_hash = p_hash AND s.id = p_store) IS DISTINCT FROM p_stamp "
     f"THEN RETURN {ACCOUNT_MOVED}; END IF; "
     "IF p_phone IS NOT NULL THEN "
-    f"PERFORM pg_advisory_xact_lock_shared({LOCK_STORE}, p_store_key), "
-    f"pg_advisory_xact_lock({LOCK_CONTACT}, p_contact_key); "
-    "IF "
-    + " OR ".join(
-        f"EXISTS (SELECT 1 FROM {table} WHERE store_id = p_store AND customer_phone = p_phone "
-        "AND status = 'abandoned' AND recovered_at IS NULL)"
-        for table in ABANDONED
-    )
-    + f" THEN RETURN {PHONE_OPEN}; END IF; END IF; RETURN {MAY_WRITE}; END $$"
+    f"PERFORM {LOCK_CONTACT_SQL % (LOCK_STORE, 'p_store_key', LOCK_CONTACT, 'p_contact_key')}; "
+    f"IF {_open_of_phone('p_store', 'p_phone')} THEN RETURN {PHONE_OPEN}; END IF; "
+    f"END IF; RETURN {MAY_WRITE}; END $$"
+)
+#: The function's call, as a SELECT of ``state`` (named parameters).
+MAY_WRITE_SQL = (
+    "SELECT kanal_may_write(%(a_hash)s::text, %(store)s::bigint, %(a_stamp)s::text, "
+    "%(a_phone)s::text, %(a_store_key)s::integer, %(a_contact_key)s::integer) AS state"
 )
 
 # -- values in and out -----------------------------------------------------------
@@ -791,7 +784,7 @@ class PostgresStorage:
                 "AND relname = ANY(%s) AND last_analyze IS NULL AND last_autoanalyze IS NULL",
                 (list(STORE_TABLES),),
             )
-            for (table,) in [tuple(row.values()) for row in await cursor.fetchall()]:
+            for table in [row["relname"] for row in await cursor.fetchall()]:
                 found = await conn.execute(f"SELECT EXISTS (SELECT FROM {table}) AS found")
                 if (await found.fetchone() or {}).get("found"):
                     await conn.execute(f"ANALYZE (SKIP_LOCKED) {table}")
@@ -827,36 +820,31 @@ class PostgresStorage:
             finally:
                 self._held.reset(token)
 
-    def _verification(self) -> tuple[str, tuple[str, int, str]] | None:
-        """The SQL expression (for a SELECT) and parameters that verify the current
-        request's remembered account, if it has one not verified yet; from now on it
-        counts as verified (the statement is sent next, before any other)."""
+    def _pending(self) -> tuple[str, int, str] | None:
+        """The current request's remembered account if nothing has verified it yet;
+        from now on it counts as verified (the caller's next statement does it)."""
         pending = self._unverified.get()
-        if pending is None:
-            return None
-        self._unverified.set(None)
-        return VERIFY_ACCOUNT, pending
+        if pending is not None:
+            self._unverified.set(None)
+        return pending
 
-    def _changed(self, exc: psycopg.Error, pending: tuple[str, int, str] | None) -> bool:
-        """Whether ``exc`` says the remembered account changed; then it is forgotten."""
-        if pending is None or exc.sqlstate != ACCOUNT_CHANGED:
-            return False
-        self._accounts.pop(pending[:2], None)
-        return True
+    def _moved(self, pending: tuple[str, int, str] | None) -> AccountChanged:
+        """The remembered account changed: forget it (the request is served again)."""
+        if pending is not None:
+            self._accounts.pop(pending[:2], None)
+        return AccountChanged()
 
     async def _verify(self, conn: Conn) -> None:
         """The first statement of a request that relies on a remembered account: raises
         ``AccountChanged`` if the key or the store is no longer as remembered."""
-        verification = self._verification()
-        if verification is None:
+        if (pending := self._pending()) is None:
             return
-        sql, params = verification
-        try:
-            await conn.execute(f"SELECT {sql}", params)
-        except psycopg.Error as exc:
-            if self._changed(exc, params):
-                raise AccountChanged from None
-            raise
+        hash_, store_id, stamp = pending
+        params = {"a_hash": hash_, "store": store_id, "a_stamp": stamp}
+        params.update(a_phone=None, a_store_key=None, a_contact_key=None)
+        cursor = await conn.execute(MAY_WRITE_SQL, params)
+        if (await cursor.fetchone() or {}).get("state") == ACCOUNT_MOVED:
+            raise self._moved(pending)
 
     async def verify_account(self) -> None:
         """Verify the current request's remembered account now, if nothing has yet (a
@@ -928,10 +916,7 @@ class PostgresStorage:
         contact_key = (LOCK_CONTACT, _lock_key(f"{store_id}:{phone}"))
         if contact_key in held.locks and store_key in held.locks:
             return
-        await held.conn.execute(
-            "SELECT pg_advisory_xact_lock_shared(%s, %s), pg_advisory_xact_lock(%s, %s)",
-            (*store_key, *contact_key),
-        )
+        await held.conn.execute(f"SELECT {LOCK_CONTACT_SQL}", (*store_key, *contact_key))
         held.locks.update((store_key, contact_key))
 
     async def ping(self) -> bool:
@@ -1025,19 +1010,6 @@ class PostgresStorage:
             params.append(bound)
         return sql, params
 
-    def _match(self, table: str, key: dict[str, Any]) -> tuple[str, list[Any]]:
-        """Conditions on a key (``IS`` semantics, written so that indexes serve them)."""
-        sql, params = [], []
-        for column, value in key.items():
-            if value is None:
-                self._param(table, column, None)  # a known column
-                sql.append(f"{column} IS NULL")
-            else:
-                mark, bound = self._param(table, column, value)
-                sql.append(f"{column} = {mark}")
-                params.append(bound)
-        return " AND ".join(sql), params
-
     @staticmethod
     def _conflict_target(table: str, key: dict[str, Any]) -> str:
         if set(key) == {"external_id"} and key["external_id"] is not None:
@@ -1080,12 +1052,12 @@ class PostgresStorage:
         gated: bool = False,
     ) -> tuple[str, str, dict[str, Any]]:
         """``_upsert_sql``'s UPDATE and INSERT (which reads ``updated``), and their
-        parameters (by name). ``gated``: each writes only where ``ok.state = 0`` (a CTE ``ok`` of
-        one row, ``upsert_unless_open``'s)."""
+        parameters (by name). ``gated``: each writes only where ``ok.state`` is
+        ``MAY_WRITE`` (a CTE ``ok`` of one row, ``upsert_unless_open``'s)."""
         target = self._conflict_target(table, key)
         revive = table == "customers"  # a soft-deleted customer that comes back
         assert not (gated and revive), "customers are not written gated"
-        from_gate, gate = (" FROM ok", "ok.state = 0 AND ") if gated else ("", "")
+        from_gate, gate = (" FROM ok", f"ok.state = {MAY_WRITE} AND ") if gated else ("", "")
         # Named parameters: each value is bound once, however often the SQL reads it.
         params: dict[str, Any] = {"store": store_id, "stamp": to_db("timestamptz", stamp)}
         marks: dict[str, str] = {}
@@ -1249,8 +1221,7 @@ class PostgresStorage:
             table, store_id, self.encode(record), key, stamp, gated=True
         )
         touch = _touch_params(store_id, record.get("customer") or {}, stamp)
-        pending = self._unverified.get()
-        self._unverified.set(None)  # verified by this statement
+        pending = self._pending()  # verified by this statement
         hash_, stamp_ = (pending[0], pending[2]) if pending else (None, None)
         keys = (
             (_lock_key(str(store_id)), _lock_key(f"{store_id}:{phone}"))
@@ -1258,9 +1229,7 @@ class PostgresStorage:
             else (None, None)
         )
         ctes = [
-            "ok AS MATERIALIZED (SELECT kanal_may_write(%(a_hash)s::text, %(store)s::bigint, "
-            "%(a_stamp)s::text, %(a_phone)s::text, %(a_store_key)s::integer, "
-            "%(a_contact_key)s::integer) AS state)",
+            f"ok AS MATERIALIZED ({MAY_WRITE_SQL})",
             f"updated AS ({update})",
             f"inserted AS ({insert})",
         ]
@@ -1268,7 +1237,7 @@ class PostgresStorage:
             a_hash=hash_, a_stamp=stamp_, a_phone=phone, a_store_key=keys[0], a_contact_key=keys[1]
         )
         if touch is not None:
-            gate = {"from_gate": " FROM ok", "gate": "ok.state = 0 AND "}
+            gate = {"from_gate": " FROM ok", "gate": f"ok.state = {MAY_WRITE} AND "}
             ctes.append(f"touched AS ({TOUCH_CONTACT_UPDATE.format(**gate)})")
             inserting = TOUCH_CONTACT_INSERT.format(**gate, updated="touched")
             ctes.append(f"touched_new AS ({inserting})")
@@ -1281,9 +1250,7 @@ class PostgresStorage:
         written = await self._grouped(phone or "", sql, params)
         state = written.pop("kanal_state")
         if state == ACCOUNT_MOVED:
-            assert pending is not None
-            self._accounts.pop(pending[:2], None)
-            raise AccountChanged
+            raise self._moved(pending)
         if state == PHONE_OPEN:
             return None
         return _stored(written, record)

@@ -202,6 +202,9 @@ def erased_customer() -> dict[str, None]:
 
 
 RATE_WINDOW = 60.0
+#: The settings entry in which SQLite counts every change to api_keys and stores (the
+#: triggers of migration step 7).
+ACCOUNTS_VERSION = "accounts_version"
 #: Numbered steps beyond creating what is missing: (version, what it does, SQL). A
 #: database records the last one it had; the steps after it run once, in order.
 MIGRATIONS: list[tuple[int, str, str | tuple[str, ...]]] = [
@@ -231,8 +234,8 @@ MIGRATIONS: list[tuple[int, str, str | tuple[str, ...]]] = [
     ),
     (
         6,
-        "PostgreSQL: kanal_expect(), with which a write sent in one round trip refuses to "
-        "go on when what it counted on no longer holds (nothing on SQLite)",
+        "PostgreSQL: kanal_may_write(), the check a write sent in one round trip makes "
+        "before it writes (nothing on SQLite)",
         "SELECT 1",
     ),
     (
@@ -243,7 +246,7 @@ MIGRATIONS: list[tuple[int, str, str | tuple[str, ...]]] = [
         tuple(
             f"CREATE TRIGGER IF NOT EXISTS kanal_accounts_{table}_{event.lower()} "
             f"AFTER {event} ON {table} BEGIN "
-            "INSERT INTO settings (key, value) VALUES ('accounts_version', '1') "
+            f"INSERT INTO settings (key, value) VALUES ('{ACCOUNTS_VERSION}', '1') "
             "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1; END"
             for table in ("api_keys", "stores")
             for event in ("INSERT", "UPDATE", "DELETE")

@@ -22,6 +22,7 @@ import sqlite_utils
 from kanal import formats
 from kanal.storage.schema import (
     ABANDONED,
+    ACCOUNTS_VERSION,
     DEFAULTS,
     FILTER_INDEXES,
     HOLDERS,
@@ -42,8 +43,6 @@ from kanal.storage.schema import (
 
 #: (key, store) pairs an app remembers between changes to the database.
 ACCOUNTS_CACHED = 10_000
-#: The settings entry every change to api_keys or stores counts in (migration step 7).
-ACCOUNTS_VERSION = "accounts_version"
 #: The operators of a condition, as SQL (``in`` takes a list; ``is null`` no value).
 OPERATORS = {
     "=": "{} = ?",
@@ -1026,9 +1025,11 @@ class Storage:
         self, token_hash: str, store_id: int, *, remembered: bool = False
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The key with this hash and the store, as ``find_key`` and ``get_store`` give
-        them, remembered until the database changes through another connection
-        (``PRAGMA data_version``): a key revoked or a store paused by ``kanal`` in
-        another process counts from the next request on, as before. (Always exact
+        them, remembered until a key or a store changes (``PRAGMA data_version`` says
+        another connection wrote, the count of migration step 7's triggers says it
+        wrote keys or stores; this connection's own such writes forget them at once): a
+        key revoked or a store paused by ``kanal`` in another process counts from the
+        next request on, as before. (Always exact
         here, so ``remembered``, which lets the PostgreSQL engine verify later, changes
         nothing.)"""
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
