@@ -20,9 +20,10 @@ the migrations' numbered steps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any
 
 from kanal.storage.schema import (
@@ -92,6 +93,17 @@ class _Group:
         self.closing = False  # the COMMIT is scheduled
 
 
+class _Batch:
+    """Writes that need no step of their request's between them (``AsyncStorage.batched``),
+    run back to back in one transaction: each a function of the engine's and the future
+    its request awaits."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Context, Callable[[], Any], asyncio.Future[Any]]] = []
+        #: Waiting for the write lock another process holds (in a thread).
+        self.locking: asyncio.Future[None] | None = None
+
+
 class AsyncStorage:
     """The storage as the request path uses it: every operation awaited, a transaction
     entered with ``async with``. This is the interface an engine offers the
@@ -146,6 +158,9 @@ class AsyncStorage:
         self.group_commit = group_commit
         self._group: _Group | None = None
         self._member: ContextVar[bool] = ContextVar(f"kanal_member_{id(self)}", default=False)
+        #: The batch collecting writes (``batched``), and the one waiting for the lock.
+        self._batch: _Batch | None = None
+        self._locking: _Batch | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -169,6 +184,8 @@ class AsyncStorage:
             with self.engine.transaction():
                 yield
             return
+        while self._locking is not None and self._group is None:  # a batch awaits the lock
+            await asyncio.wait([self._locking.locking])  # type: ignore[list-item]
         group = self._group
         if group is None:
             group = self._group = _Group(asyncio.get_running_loop())
@@ -201,9 +218,90 @@ class AsyncStorage:
         record: dict[str, Any],
         key: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool] | None:
-        """``Storage.upsert_unless_open`` in a transaction of this storage's (grouped)."""
-        async with self.transaction():
-            return self.engine.upsert_unless_open(table, store_id, record, key=key)
+        """``Storage.upsert_unless_open``, batched with the others of this turn."""
+        return await self.batched(
+            functools.partial(self.engine.upsert_unless_open, table, store_id, record, key=key)
+        )
+
+    async def batched(self, write: Callable[[], Any]) -> Any:
+        """``write()`` (a write of the engine's, complete in itself) in a transaction.
+
+        With ``group_commit``, the writes that reach this point in the same turn of the
+        event loop are run back to back by one callback at the next turn: the write
+        lock taken, each write in a savepoint of its own (a failing one undoes only
+        itself), ``COMMIT``, the lock left, and only then the answers. The lock is held
+        for these writes alone, never while the loop serves other requests' steps (a
+        ``transaction`` group holds it from its first member to its ``COMMIT``), so two
+        worker processes take turns on it briefly. When another process holds it, a
+        thread waits for it; the writes that arrive meanwhile join the batch."""
+        if not self.group_commit or self._member.get() or self.engine.conn.in_transaction:
+            async with self.transaction():
+                return write()
+        loop = asyncio.get_running_loop()
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+            loop.call_soon(self._write_batch, batch)
+        answer: asyncio.Future[Any] = loop.create_future()
+        batch.items.append((copy_context(), write, answer))
+        return await answer
+
+    def _write_batch(self, batch: _Batch) -> None:
+        """Run ``batch`` now if the write lock is free, else once it is."""
+        if self._group is not None:  # a transaction group holds or awaits the lock
+            self._group.committed.add_done_callback(lambda _: self._write_batch(batch))
+            return
+        if self.engine.try_begin():
+            self._run_batch(batch)
+            return
+        loop = asyncio.get_running_loop()
+        self._locking = batch
+        batch.locking = loop.run_in_executor(None, self.engine.wait_lock)
+        batch.locking.add_done_callback(lambda waited: self._locked(batch, waited))
+
+    def _locked(self, batch: _Batch, waited: asyncio.Future[None]) -> None:
+        self._locking = None
+        try:
+            waited.result()
+            self.engine.begin_locked()
+        except BaseException as exc:
+            if self._batch is batch:
+                self._batch = None
+            for _, _, answer in batch.items:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        self._run_batch(batch)
+
+    def _run_batch(self, batch: _Batch) -> None:
+        """``batch``'s writes, the write transaction begun: each in a savepoint, then
+        ``COMMIT`` (which ends the transaction and leaves the lock either way)."""
+        if self._batch is batch:
+            self._batch = None
+        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            for context, write, answer in batch.items:
+                if answer.done():  # its request was cancelled: nothing to write
+                    continue
+                try:
+                    with self.engine.savepoint("member"):
+                        answers.append((answer, context.run(write), None))
+                except Exception as exc:
+                    answers.append((answer, None, exc))
+        except BaseException:
+            self.engine.end(commit=False)
+            raise
+        try:
+            self.engine.end(commit=True)
+        except Exception as exc:  # none of them is acknowledged
+            answers = [(answer, None, exc) for answer, _, _ in answers]
+        for answer, value, exc in answers:
+            if answer.done():
+                continue
+            if exc is None:
+                answer.set_result(value)
+            else:
+                answer.set_exception(exc)
 
     async def _open(self, group: _Group) -> None:
         """Take the write lock for ``group`` in a thread (another process holds it)."""
@@ -233,9 +331,13 @@ class AsyncStorage:
             group.committed.set_result(None)
 
     async def settled(self) -> None:
-        """Wait until no group transaction is open (outside one, before an operation)."""
-        while self._group is not None and not self._member.get():
-            await asyncio.wait([self._group.committed])
+        """Wait until no group transaction is open and no batch awaits the write lock
+        (outside one, before an operation)."""
+        while (self._group is not None or self._locking is not None) and not self._member.get():
+            if self._group is not None:
+                await asyncio.wait([self._group.committed])
+            else:
+                await asyncio.wait([self._locking.locking])  # type: ignore[union-attr,list-item]
 
 
 #: Operations that need not wait for an open group's COMMIT: they read only what no
@@ -247,7 +349,7 @@ def _awaited(name: str) -> Any:
     waits = name not in UNGROUPED
 
     async def operation(self: AsyncStorage, *args: Any, **kwargs: Any) -> Any:
-        if waits and self._group is not None and not self._member.get():
+        if waits and (self._group is not None or self._locking is not None):
             await self.settled()
         return getattr(self.engine, name)(*args, **kwargs)
 
