@@ -55,6 +55,11 @@ from kanal.storage import AsyncStorage, Storage, connect, contact_of
 from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_json
 
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
+#: Records per chunk (one transaction) by default, by engine. A PostgreSQL chunk pays a
+#: durable commit (fsync) and some ten round trips whatever its size, so its chunks are
+#: larger (the 50,000-order import: 12-15% more records/s at 2,000-5,000 than at
+#: 1,000); a SQLite chunk holds the only write lock, which the API's writers wait for.
+CHUNK_SQLITE, CHUNK_POSTGRES = 1000, 2500
 #: Chunks handed to the workers ahead of the writer, per worker.
 AHEAD = 2
 
@@ -330,6 +335,11 @@ class Report:
 SMALL_FILE = 4 * 1024 * 1024
 
 
+def default_batch(store: Any) -> int:
+    """The records of a chunk by default over ``store`` (a SQLite ``Storage`` or not)."""
+    return CHUNK_SQLITE if isinstance(store, Storage) else CHUNK_POSTGRES
+
+
 def default_checkers() -> int:
     """A checking process per CPU but one, which the writer keeps (at least one)."""
     return max(1, (os.cpu_count() or 1) - 1)
@@ -346,12 +356,13 @@ def import_file(
     resource: str,
     db: str,
     *,
-    batch: int = 1000,
+    batch: int | None = None,
     jobs: int | None = None,
     progress: Any = None,
 ) -> Report:
     """Import ``path`` into the store (a SQLite file or a postgresql:// database).
-    ``jobs``: checking processes (0: check here)."""
+    ``batch``: records per transaction (None: ``default_batch``); ``jobs``: checking
+    processes (0: check here)."""
     store = connect(db)
     shop = store.get_store(store_id)
     if shop is None:
@@ -366,7 +377,7 @@ def import_file(
             Checking(jobs) as checking,
         ):
             for checked, offset in checking.checked(
-                chunks(stream, batch), resource, shop["region"]
+                chunks(stream, batch or default_batch(store)), resource, shop["region"]
             ):
                 writer.write(checked)
                 if progress is not None:

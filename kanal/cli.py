@@ -669,9 +669,8 @@ def migrate(db_path: str) -> None:
 @click.option(
     "--batch",
     type=click.IntRange(1, 100_000),
-    default=1000,
-    show_default=True,
-    help="Records per transaction.",
+    default=None,
+    help="Records per transaction (default: 1000 on SQLite, 2500 on PostgreSQL).",
 )
 @click.option(
     "--jobs",
@@ -682,7 +681,7 @@ def migrate(db_path: str) -> None:
 )
 @db_option
 def import_(
-    file: str, store_id: int, resource: str, batch: int, jobs: int | None, db_path: str
+    file: str, store_id: int, resource: str, batch: int | None, jobs: int | None, db_path: str
 ) -> None:
     """Upsert records from JSON Lines (or a JSON array) with the API's own validation."""
     from concurrent.futures.process import BrokenProcessPool

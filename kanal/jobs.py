@@ -34,8 +34,6 @@ import psycopg
 from kanal import bulk, formats
 
 log = logging.getLogger("kanal.jobs")
-#: The records of one chunk: one transaction, one progress step.
-CHUNK = 1000
 #: Claims of one job after which it fails instead of being tried again (a job whose
 #: worker keeps dying on it must not take every worker down in turn).
 MAX_ATTEMPTS = 5
@@ -58,12 +56,13 @@ class ImportRunner:
         storage: Any,
         *,
         lease_seconds: float = 60.0,
-        batch: int = CHUNK,
+        batch: int | None = None,
         jobs: int | None = None,
     ) -> None:
         self.storage = storage
         self.lease_seconds = lease_seconds
-        self.batch = batch
+        #: The records of one chunk: one transaction, one progress step.
+        self.batch = batch or bulk.default_batch(storage)
         #: Checking processes (kanal.bulk): None chooses by the size of each payload.
         self.jobs = jobs
         self.checking = bulk.Checking(bulk.default_checkers() if jobs is None else jobs)

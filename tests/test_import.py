@@ -235,3 +235,33 @@ def test_a_malformed_json_array_ends_the_import_with_a_clean_error(
     assert result.exit_code == 1
     assert "Error: malformed JSON array after item 1: parse error: premature EOF." in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_chunk_is_larger_on_postgresql_by_default(
+    tmp_path: Path, db: str, keys: dict[str, Any], monkeypatch: Any
+) -> None:
+    """Without ``batch``, a chunk (one transaction, one progress step) has the engine's
+    size: a PostgreSQL transaction pays a durable commit and its round trips whatever
+    its size. The import runner of jobs chooses the same way."""
+    from kanal import bulk
+    from kanal.jobs import ImportRunner
+
+    from .conftest import is_sqlite
+
+    monkeypatch.setattr(bulk, "CHUNK_SQLITE", 3)
+    monkeypatch.setattr(bulk, "CHUNK_POSTGRES", 5)
+    source = tmp_path / "orders.jsonl"
+    source.write_text(
+        "".join(json.dumps({**ORDER, "external_id": f"O-{n}"}) + "\n" for n in range(10))
+    )
+    steps: list[int] = []
+    report = bulk.import_file(
+        str(source), 123, "orders", db, jobs=0, progress=lambda _, done: steps.append(done.valid)
+    )
+    assert report.created == 10
+    assert steps == ([3, 6, 9, 10] if is_sqlite(db) else [5, 10])
+    storage = connect(db)
+    try:
+        assert ImportRunner(storage, jobs=0).batch == (3 if is_sqlite(db) else 5)
+    finally:
+        storage.close()
