@@ -1,6 +1,6 @@
 """``kanal import`` against the clock: a generated file of orders into a fresh database.
 
-    .venv/bin/python -m bench.import_rate [--orders 50000] [--phones 20000] [--jobs N]
+    .venv/bin/python -m bench.import_rate [--orders 50000] [--phones 20000] [--jobs N] [--batch N]
     .venv/bin/python -m bench.import_rate --db postgres   # into a throwaway PostgreSQL
 
 The orders are the seed recipe's, each with its own external_id and one of
@@ -67,6 +67,9 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=50_000)
     parser.add_argument("--phones", type=int, default=20_000)
     parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="records per transaction (default: kanal's)"
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--paid", action="store_true", help="paid orders, confirmations on")
     parser.add_argument(
@@ -102,6 +105,8 @@ def main() -> int:
                     command += ["--store", "123", "--resource", "orders", "--db", db]
                     if args.jobs is not None:
                         command += ["--jobs", str(args.jobs)]
+                    if args.batch is not None:
+                        command += ["--batch", str(args.batch)]
                     for label in ("created", "updated"):
                         done = subprocess.run(
                             command, cwd=ROOT, capture_output=True, text=True, check=True
