@@ -87,17 +87,22 @@ def test_a_failing_transaction_undoes_only_itself(grouped: Any) -> None:
     assert stored(grouped) == ["A", "B"]
 
 
-def test_a_failed_commit_fails_every_transaction_of_the_group(grouped: Any) -> None:
-    engine = grouped.engine
+def fail_commits(engine: Storage) -> None:
+    """Every COMMIT of ``engine`` fails (rolled back, the flock goes)."""
     real_end = engine.end
 
     def failing_end(*, commit: bool) -> None:
         if commit:
-            real_end(commit=False)  # rolled back, the flock goes
+            real_end(commit=False)
             raise OSError("disk full")
         real_end(commit=commit)
 
-    engine.end = failing_end
+    engine.end = failing_end  # type: ignore[method-assign]
+
+
+def test_a_failed_commit_fails_every_transaction_of_the_group(grouped: Any) -> None:
+    engine = grouped.engine
+    fail_commits(engine)
 
     async def write(external_id: str) -> None:
         async with grouped.transaction():
@@ -241,15 +246,7 @@ def test_a_failing_batched_write_undoes_only_itself(grouped: Any) -> None:
 
 def test_a_failed_commit_fails_every_batched_write(grouped: Any) -> None:
     engine = grouped.engine
-    real_end = engine.end
-
-    def failing_end(*, commit: bool) -> None:
-        if commit:
-            real_end(commit=False)
-            raise OSError("disk full")
-        real_end(commit=commit)
-
-    engine.end = failing_end
+    fail_commits(engine)
 
     async def main() -> list[Any]:
         return await asyncio.gather(
