@@ -373,3 +373,28 @@ def test_a_write_made_while_a_group_is_open_joins_it(grouped: Any) -> None:
     asyncio.run(main())
     assert grouped.ends == [True]  # one COMMIT for both
     assert stored(grouped) == ["G", "F"]
+
+
+def test_a_batch_interrupted_answers_every_write(grouped: Any) -> None:
+    """Should the batch itself stop (a BaseException, not a write's own failure), no
+    request is left waiting: each is answered with an error, and nothing is written."""
+
+    class Stop(BaseException):
+        pass
+
+    def interrupted() -> None:
+        raise Stop
+
+    async def main() -> list[Any]:
+        asyncio.get_running_loop().set_exception_handler(lambda *_: None)
+        return await asyncio.gather(
+            grouped.upsert_unless_open("orders", STORE, order("A")),
+            grouped.batched(interrupted),
+            grouped.upsert_unless_open("orders", STORE, order("B")),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert [type(result) for result in results] == [RuntimeError] * 3
+    assert stored(grouped) == []
+    assert not grouped.engine.conn.in_transaction

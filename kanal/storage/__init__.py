@@ -288,8 +288,11 @@ class AsyncStorage:
                         answers.append((answer, context.run(write), None))
                 except Exception as exc:
                     answers.append((answer, None, exc))
-        except BaseException:
+        except BaseException as exc:  # not a write's own failure: none is written
             self.engine.end(commit=False)
+            for _, _, answer in batch.items:
+                if not answer.done():
+                    answer.set_exception(RuntimeError(f"the batch was interrupted: {exc!r}"))
             raise
         try:
             self.engine.end(commit=True)
