@@ -57,8 +57,8 @@ from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_
 RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 #: Records per chunk (one transaction) by default, by engine. A PostgreSQL chunk pays a
 #: durable commit (fsync) and some ten round trips whatever its size, so its chunks are
-#: larger (the 50,000-order import: 12-15% more records/s at 2,000-5,000 than at
-#: 1,000); a SQLite chunk holds the only write lock, which the API's writers wait for.
+#: larger (the sizes measured: README, Benchmarks); a SQLite chunk holds the only write
+#: lock, which the API's writers wait for.
 CHUNK_SQLITE, CHUNK_POSTGRES = 1000, 2500
 #: Chunks handed to the workers ahead of the writer, per worker.
 AHEAD = 2

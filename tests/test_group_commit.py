@@ -203,6 +203,23 @@ def test_waiting_for_another_process_does_not_block_the_loop(grouped: Any) -> No
 # alone.
 
 
+def between_two(grouped: Any, write: Any, *, quiet: bool = False) -> list[Any]:
+    """``write`` batched between the orders A and B, in one turn: each one's answer
+    (or exception). ``quiet``: the loop does not log what a callback raises."""
+
+    async def main() -> list[Any]:
+        if quiet:
+            asyncio.get_running_loop().set_exception_handler(lambda *_: None)
+        return await asyncio.gather(
+            grouped.upsert_unless_open("orders", STORE, order("A")),
+            grouped.batched(write),
+            grouped.upsert_unless_open("orders", STORE, order("B")),
+            return_exceptions=True,
+        )
+
+    return asyncio.run(main())
+
+
 def test_batched_writes_of_one_turn_share_one_commit(grouped: Any) -> None:
     async def write(external_id: str) -> bool:
         written = await grouped.upsert_unless_open("orders", STORE, order(external_id))
@@ -229,15 +246,7 @@ def test_a_failing_batched_write_undoes_only_itself(grouped: Any) -> None:
         engine.upsert("orders", STORE, order("BAD"))
         raise ValueError("refused")
 
-    async def main() -> list[Any]:
-        return await asyncio.gather(
-            grouped.upsert_unless_open("orders", STORE, order("A")),
-            grouped.batched(bad),
-            grouped.upsert_unless_open("orders", STORE, order("B")),
-            return_exceptions=True,
-        )
-
-    results = asyncio.run(main())
+    results = between_two(grouped, bad)
     assert results[0][1] is True and results[2][1] is True
     assert isinstance(results[1], ValueError)
     assert grouped.ends == [True]
@@ -385,16 +394,7 @@ def test_a_batch_interrupted_answers_every_write(grouped: Any) -> None:
     def interrupted() -> None:
         raise Stop
 
-    async def main() -> list[Any]:
-        asyncio.get_running_loop().set_exception_handler(lambda *_: None)
-        return await asyncio.gather(
-            grouped.upsert_unless_open("orders", STORE, order("A")),
-            grouped.batched(interrupted),
-            grouped.upsert_unless_open("orders", STORE, order("B")),
-            return_exceptions=True,
-        )
-
-    results = asyncio.run(main())
+    results = between_two(grouped, interrupted, quiet=True)
     assert [type(result) for result in results] == [RuntimeError] * 3
     assert stored(grouped) == []
     assert not grouped.engine.conn.in_transaction

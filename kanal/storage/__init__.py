@@ -100,8 +100,12 @@ class _Batch:
 
     def __init__(self) -> None:
         self.items: list[tuple[Context, Callable[[], Any], asyncio.Future[Any]]] = []
-        #: Waiting for the write lock another process holds (in a thread).
-        self.locking: asyncio.Future[None] | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer every write not answered yet with ``exc``."""
+        for _, _, answer in self.items:
+            if not answer.done():
+                answer.set_exception(exc)
 
 
 class AsyncStorage:
@@ -158,9 +162,10 @@ class AsyncStorage:
         self.group_commit = group_commit
         self._group: _Group | None = None
         self._member: ContextVar[bool] = ContextVar(f"kanal_member_{id(self)}", default=False)
-        #: The batch collecting writes (``batched``), and the one waiting for the lock.
+        #: The batch collecting writes (``batched``), and a batch's wait for the write
+        #: lock another process holds (in a thread).
         self._batch: _Batch | None = None
-        self._locking: _Batch | None = None
+        self._lock_wait: asyncio.Future[None] | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -184,8 +189,8 @@ class AsyncStorage:
             with self.engine.transaction():
                 yield
             return
-        while self._locking is not None and self._group is None:  # a batch awaits the lock
-            await asyncio.wait([self._locking.locking])  # type: ignore[list-item]
+        while self._lock_wait is not None and self._group is None:  # a batch awaits the lock
+            await asyncio.wait([self._lock_wait])
         group = self._group
         if group is None:
             group = self._group = _Group(asyncio.get_running_loop())
@@ -254,22 +259,19 @@ class AsyncStorage:
         if self.engine.try_begin():
             self._run_batch(batch)
             return
-        loop = asyncio.get_running_loop()
-        self._locking = batch
-        batch.locking = loop.run_in_executor(None, self.engine.wait_lock)
-        batch.locking.add_done_callback(lambda waited: self._locked(batch, waited))
+        waiting = asyncio.get_running_loop().run_in_executor(None, self.engine.wait_lock)
+        self._lock_wait = waiting
+        waiting.add_done_callback(lambda waited: self._locked(batch, waited))
 
     def _locked(self, batch: _Batch, waited: asyncio.Future[None]) -> None:
-        self._locking = None
+        self._lock_wait = None
         try:
             waited.result()
             self.engine.begin_locked()
         except BaseException as exc:
             if self._batch is batch:
                 self._batch = None
-            for _, _, answer in batch.items:
-                if not answer.done():
-                    answer.set_exception(exc)
+            batch.fail(exc)
             return
         self._run_batch(batch)
 
@@ -290,9 +292,7 @@ class AsyncStorage:
                     answers.append((answer, None, exc))
         except BaseException as exc:  # not a write's own failure: none is written
             self.engine.end(commit=False)
-            for _, _, answer in batch.items:
-                if not answer.done():
-                    answer.set_exception(RuntimeError(f"the batch was interrupted: {exc!r}"))
+            batch.fail(RuntimeError(f"the batch was interrupted: {exc!r}"))
             raise
         try:
             self.engine.end(commit=True)
@@ -336,11 +336,11 @@ class AsyncStorage:
     async def settled(self) -> None:
         """Wait until no group transaction is open and no batch awaits the write lock
         (outside one, before an operation)."""
-        while (self._group is not None or self._locking is not None) and not self._member.get():
-            if self._group is not None:
-                await asyncio.wait([self._group.committed])
-            else:
-                await asyncio.wait([self._locking.locking])  # type: ignore[union-attr,list-item]
+        while not self._member.get():
+            waiting = self._group.committed if self._group is not None else self._lock_wait
+            if waiting is None:
+                return
+            await asyncio.wait([waiting])
 
 
 #: Operations that need not wait for an open group's COMMIT: they read only what no
@@ -352,7 +352,7 @@ def _awaited(name: str) -> Any:
     waits = name not in UNGROUPED
 
     async def operation(self: AsyncStorage, *args: Any, **kwargs: Any) -> Any:
-        if waits and (self._group is not None or self._locking is not None):
+        if waits and (self._group is not None or self._lock_wait is not None):
             await self.settled()
         return getattr(self.engine, name)(*args, **kwargs)
 
