@@ -163,7 +163,7 @@ class ImportRunner:
         """Run jobs until stopped, sleeping ``interval`` seconds when none is waiting. The
         checking processes start meanwhile, in a thread."""
         stop = stop or threading.Event()
-        threading.Thread(target=self.checking.warm, name="kanal-checking", daemon=True).start()
+        self.checking.warm()
         while not stop.is_set():
             try:
                 busy = self.run_once()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -265,3 +267,67 @@ def test_a_chunk_is_larger_on_postgresql_by_default(
         assert ImportRunner(storage, jobs=0).batch == (3 if is_sqlite(db) else 5)
     finally:
         storage.close()
+
+
+def test_chunks_are_checked_here_while_the_checking_processes_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Starting the checking processes (a fork server importing the code, some 0.4 s)
+    holds nothing up: until one answers, chunks are checked in the importing process;
+    then the next ones go to the processes. Every chunk comes back, in file order."""
+    from kanal import bulk
+
+    release = threading.Event()
+    start = bulk.Checking._start
+
+    def slow_start(checking: bulk.Checking, started: Any) -> None:
+        assert release.wait(30)
+        start(checking, started)
+
+    here: list[list[str]] = []
+    check_here = bulk.Checker.check_chunk
+
+    def counted(checker: bulk.Checker, chunk: list[tuple[int, Any]]) -> bulk.Checked:
+        here.append([json.loads(line)["external_id"] for _, line in chunk])
+        return check_here(checker, chunk)
+
+    monkeypatch.setattr(bulk.Checking, "_start", slow_start)
+    monkeypatch.setattr(bulk.Checker, "check_chunk", counted)
+    records = [(n, json.dumps({**ORDER, "external_id": f"O-{n}"}).encode()) for n in range(1, 11)]
+    ids = [[f"O-{n}", f"O-{n + 1}"] for n in range(1, 11, 2)]
+    with bulk.Checking(1) as checking:
+        results = checking.checked(bulk.chunked(iter(records), 2, lambda: None), "orders", "FR")
+        first, second = next(results), next(results)  # the processes are not up yet
+        assert here == ids[:2]
+        release.set()
+        assert checking.started is not None and checking.started.result(timeout=30)
+        rest = list(results)
+    assert here == ids[:2]  # the processes checked the rest
+    checked = [first[0], second[0], *(result for result, _ in rest)]
+    key = checked[0].columns.index("external_id")
+    assert [[values[key] for _, values, _ in c.valid] for c in checked] == ids
+    assert all(not c.invalid for c in checked)
+
+
+def test_closing_while_the_checking_processes_start_leaves_none_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closed before its processes are up, a Checking waits for the start to end and
+    shuts the pool it made down: no process is left running."""
+    from kanal import bulk
+
+    made: list[Any] = []
+    pool_class = bulk.ProcessPoolExecutor
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        made.append(pool_class(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(bulk, "ProcessPoolExecutor", recorded)
+    checking = bulk.Checking(1)
+    checking.warm()
+    checking.close()
+    assert checking.pool is None and checking.started is None and checking.starting is None
+    assert len(made) == 1
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        made[0].submit(bulk._started)
