@@ -583,13 +583,14 @@ class Writer:
     def _order_set(
         self, columns: tuple[str, ...], valid: list[tuple[Any, ...]], tally: Tally
     ) -> None:
-        from kanal.records import follow_orders
+        from kanal.records import SETTING_OFF, follow_orders
 
         store_id = self.shop["id"]
         rows = [values for _, values, _ in valid]
         created = self.store.upsert_many("orders", store_id, columns, rows)
         self.store.touch_contacts(store_id, [contact for _, _, contact in valid])
-        written = [dict(zip(columns, values, strict=True)) for values in rows]
+        picked = [(name, columns.index(name)) for name in SETTING_OFF]
+        written = [{name: values[at] for name, at in picked} for values in rows]
         self.run(functools.partial(follow_orders, self.operations, self.shop, written))
         tally.created += sum(created)
         tally.updated += len(created) - sum(created)

@@ -154,6 +154,11 @@ async def _attribute(store: AsyncStorage, shop: Body, order: Body) -> None:
         await automations.sync_recovery(store, shop, recovered["table"], row)
 
 
+#: The columns of an order that ``sets_off`` and ``follow_orders`` are given (they read
+#: the others from the database, for the orders that set something off).
+SETTING_OFF = ("external_id", "customer_phone", "financial_status")
+
+
 async def sets_off(store: AsyncStorage, shop: Body, records: list[Body]) -> list[Body]:
     """Of orders just written, those ``follow_order`` may act on: a phone with an open
     abandoned checkout or cart, or a paid order when the store confirms orders.
@@ -184,8 +189,7 @@ async def follow_orders(store: AsyncStorage, shop: Body, records: list[Body]) ->
     off, the attribution of each of those with such a phone (they take the checkouts
     in turn), then their confirmations in one statement. (Attributions schedule
     nothing and confirmations recover nothing: neither order of the two changes what
-    the other does.) ``records``: at least each order's external_id, customer_phone
-    and financial_status."""
+    the other does.) ``records``: at least each order's ``SETTING_OFF`` columns."""
     chosen, open_phones = await _setting_off(store, shop, records)
     if not chosen:
         return
