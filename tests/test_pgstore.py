@@ -24,7 +24,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from kanal import formats
-from kanal.storage import MIGRATIONS, TABLES, Storage, contact_of
+from kanal.storage import FILLFACTOR, MIGRATIONS, REWRITTEN, TABLES, Storage, contact_of
 from kanal.storage.postgres import COLUMNS, STORE_TABLES, PostgresStorage
 
 BASE = datetime(2026, 5, 18, 10, 0, tzinfo=UTC)
@@ -957,6 +957,46 @@ def test_every_key_of_store_data_includes_store_id(database: str) -> None:
         assert types[("orders", "line_items")]["data_type"] == "json"
         assert types[("stores", "paused")]["data_type"] == "boolean"
         assert types[("messages", "record_id")]["data_type"] == "bigint"
+
+    asyncio.run(main())
+
+
+def test_rewritten_tables_leave_room_for_the_next_versions(database: str) -> None:
+    """The tables whose rows are rewritten in place fill their pages to FILLFACTOR
+    percent (migration step 8, on a new database and on one migrated from before it),
+    so an order written again is a HOT update: no index entry added."""
+
+    async def fillfactors(store: PostgresStorage) -> dict[str, list[str] | None]:
+        async with store.transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT relname, reloptions FROM pg_class WHERE relname = ANY(%s)",
+                (list(REWRITTEN),),
+            )
+            return {row["relname"]: row["reloptions"] for row in await cursor.fetchall()}
+
+    async def main() -> None:
+        store = await PostgresStorage.open(database, pool_size=1)
+        try:
+            expected = {table: [f"fillfactor={FILLFACTOR}"] for table in REWRITTEN}
+            assert await fillfactors(store) == expected
+            async with store.transaction() as conn:  # as made before step 8
+                for table in REWRITTEN:
+                    await conn.execute(f"ALTER TABLE {table} RESET (fillfactor)")
+                await conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
+            assert set((await fillfactors(store)).values()) == {None}
+            assert await store.migrate() == (7, LATEST)
+            assert await fillfactors(store) == expected
+            await store.create_store({"id": 1, "name": "Shop", "region": "FR"})
+            await store.upsert("orders", 1, order("O1", BASE, "1.00", customer(P1)))
+            async with store.transaction() as conn:
+                await store.upsert("orders", 1, order("O1", BASE, "2.00", customer(P1)))
+                cursor = await conn.execute(
+                    "SELECT pg_stat_get_xact_tuples_updated('orders'::regclass) AS updated, "
+                    "pg_stat_get_xact_tuples_hot_updated('orders'::regclass) AS hot"
+                )
+                assert await cursor.fetchone() == {"updated": 1, "hot": 1}
+        finally:
+            await store.close()
 
     asyncio.run(main())
 

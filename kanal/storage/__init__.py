@@ -29,6 +29,7 @@ from typing import Any
 from kanal.storage.schema import (
     ABANDONED,
     DEFAULTS,
+    FILLFACTOR,
     FILTER_INDEXES,
     HOLDERS,
     IN_CHUNK,
@@ -37,6 +38,7 @@ from kanal.storage.schema import (
     RATE_WINDOW,
     RECOVERED,
     RESOURCES,
+    REWRITTEN,
     TABLES,
     AccountChanged,
     Condition,
@@ -53,6 +55,7 @@ from kanal.storage.sqlite import OPERATORS, RECOVERY_STATUS, Storage
 __all__ = [
     "ABANDONED",
     "DEFAULTS",
+    "FILLFACTOR",
     "FILTER_INDEXES",
     "HOLDERS",
     "IN_CHUNK",
@@ -63,6 +66,7 @@ __all__ = [
     "RECOVERED",
     "RECOVERY_STATUS",
     "RESOURCES",
+    "REWRITTEN",
     "TABLES",
     "AccountChanged",
     "AsyncStorage",

@@ -146,6 +146,7 @@ from kanal import formats
 from kanal.storage.schema import (
     ABANDONED,
     DEFAULTS,
+    FILLFACTOR,
     FILTER_INDEXES,
     HOLDERS,
     JSON_COLUMNS,
@@ -153,6 +154,7 @@ from kanal.storage.schema import (
     RATE_WINDOW,
     RECOVERED,
     RESOURCES,
+    REWRITTEN,
     TABLES,
     UNFINISHED,
     AccountChanged,
@@ -388,6 +390,11 @@ LOCK_MIGRATIONS, LOCK_STORE, LOCK_CONTACT, LOCK_IMPORTS = 7301, 7302, 7303, 7304
 LOCK_ACCOUNTS = 7305
 #: Migration step 7 is SQLite's: the account changes PostgreSQL's requests verify.
 STEP_SQL[7] = "SELECT 1"
+#: Migration step 8: room on each page for the next versions of rows rewritten in place
+#: (pages written from then on; a table's existing pages fill so as they are rewritten).
+STEP_SQL[8] = "; ".join(
+    f"ALTER TABLE {table} SET (fillfactor = {FILLFACTOR})" for table in REWRITTEN
+)
 #: ``kanal_may_write``'s answers (``upsert_unless_open``, ``_verify``): go on; the
 #: remembered account changed; the phone has an open abandoned checkout or cart.
 MAY_WRITE, ACCOUNT_MOVED, PHONE_OPEN = 0, 1, 2
