@@ -33,6 +33,7 @@ import json
 import mmap
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -268,12 +269,27 @@ def _checker(resource: str, region: str | None) -> Checker:
     return found
 
 
-def _started() -> bool:
+def _started() -> int:
     """Done as soon as a worker is up, with every resource's validator built (their first
-    chunks are not held up by it)."""
+    chunks are not held up by it): the worker's parent process (the importing process
+    when forked from it, else the fork server)."""
     for resource in RESOURCES:
         fast(body_schema(resource))
-    return True
+    return os.getppid()
+
+
+def _forkable() -> bool:
+    """Whether checking processes may be forked from this process as it is: on Linux,
+    with no other thread running (a copy of a lock another thread holds would stay held
+    in the child)."""
+    return sys.platform == "linux" and threading.active_count() == 1
+
+
+def _settle(started: Future[int], first: Future[int]) -> None:
+    try:
+        started.set_result(first.result())
+    except BaseException as exc:  # the worker died, or the pool was shut down
+        started.set_exception(exc)
 
 
 def _watch(owner: int) -> None:
@@ -418,15 +434,15 @@ def writing(store: Any, shop: dict[str, Any], resource: str) -> Iterator[Writer]
 
 class Checking:
     """Checks chunks in order: here, or in ``jobs`` worker processes, kept until
-    ``close()`` (an import job runner keeps them from one job to the next). The
-    processes start in the background (``warm``); until one of them is up, chunks are
-    checked here, so starting them (some 0.4 s) holds nothing up."""
+    ``close()`` (an import job runner keeps them from one job to the next). Until one
+    of the processes answers (``warm``), chunks are checked here, so starting them holds
+    nothing up."""
 
     def __init__(self, jobs: int) -> None:
         self.jobs = jobs
         self.pool: ProcessPoolExecutor | None = None
         #: Done once a worker process answers (``pool`` is set before it is).
-        self.started: Future[bool] | None = None
+        self.started: Future[int] | None = None
         self.starting: threading.Thread | None = None
         self.lock = threading.Lock()
 
@@ -446,28 +462,37 @@ class Checking:
             starting.join()
 
     def warm(self) -> None:
-        """Start the worker processes, in a thread, unless they are started already."""
+        """Start the worker processes, unless they are started already. Forked from this
+        process when nothing else runs in it (at once: the code is imported already, as
+        when ``kanal import`` starts); else from a fork server that imports the checking
+        code once (some 0.4 s), in a thread: no lock or connection another thread holds
+        crosses into a worker."""
         with self.lock:
             if self.jobs <= 0 or self.started is not None:
                 return
             self.started = started = Future()
-            self.starting = threading.Thread(
-                target=self._start, args=(started,), name="kanal-checking", daemon=True
-            )
-            self.starting.start()
+            if not _forkable():
+                self.starting = threading.Thread(
+                    target=self._start,
+                    args=(started, "forkserver"),
+                    name="kanal-checking",
+                    daemon=True,
+                )
+                self.starting.start()
+                return
+        self._start(started, "fork")
 
-    def _start(self, started: Future[bool]) -> None:
+    def _start(self, started: Future[int], method: str) -> None:
         try:
-            # Workers are forked from a fork server that has imported the checking code
-            # once, not from this process: no SQLite connection crosses into a worker. A
-            # worker that dies fails the import (BrokenProcessPool) instead of leaving it
-            # waiting.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["kanal.bulk", "handlers.orders"])
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                context.set_forkserver_preload(["kanal.bulk", "handlers.orders"])
+            # A worker that dies fails the import (BrokenProcessPool) instead of leaving
+            # it waiting.
             pool = ProcessPoolExecutor(
                 self.jobs, mp_context=context, initializer=_watch, initargs=(os.getpid(),)
             )
-            first = pool.submit(_started)
+            first = pool.submit(_started)  # forks (or has the fork server fork) the workers
         except BaseException as exc:
             started.set_exception(exc)
             return
@@ -477,10 +502,7 @@ class Checking:
                 self.pool = pool
         if not current:  # closed meanwhile
             pool.shutdown(cancel_futures=True)
-        try:
-            started.set_result(first.result())
-        except BaseException as exc:  # the worker died, or the pool was shut down
-            started.set_exception(exc)
+        first.add_done_callback(functools.partial(_settle, started))
 
     def checked(
         self,

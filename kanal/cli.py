@@ -698,6 +698,9 @@ def import_(
         TimeRemainingColumn(),
         transient=True,
         disable=not sys.stderr.isatty(),
+        # Drawn at each chunk, not by a thread of its own: with no other thread, the
+        # checking processes are forked from this one, which has the code imported.
+        auto_refresh=False,
     ) as bar:
         task = bar.add_task(f"importing {resource}", total=size)
         try:
@@ -708,7 +711,7 @@ def import_(
                 db_path,
                 batch=batch,
                 jobs=jobs,
-                progress=lambda done, _: bar.update(task, completed=done),
+                progress=lambda done, _: bar.update(task, completed=done, refresh=True),
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +19,7 @@ from kanal.app import create_app
 from kanal.cli import main
 from kanal.storage import JSON_COLUMNS, connect
 
-from .conftest import Api, Rows
+from .conftest import ROOT, Api, Rows
 
 ORDER = {
     "placed_at": "2026-05-18T10:00:00Z",
@@ -272,17 +274,18 @@ def test_a_chunk_is_larger_on_postgresql_by_default(
 def test_chunks_are_checked_here_while_the_checking_processes_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Starting the checking processes (a fork server importing the code, some 0.4 s)
-    holds nothing up: until one answers, chunks are checked in the importing process;
-    then the next ones go to the processes. Every chunk comes back, in file order."""
+    """Starting the checking processes from a fork server (it imports the code, some
+    0.4 s) holds nothing up: until one answers, chunks are checked in the importing
+    process; then the next ones go to the processes. Every chunk comes back, in order."""
     from kanal import bulk
 
     release = threading.Event()
     start = bulk.Checking._start
 
-    def slow_start(checking: bulk.Checking, started: Any) -> None:
+    def slow_start(checking: bulk.Checking, started: Any, method: str) -> None:
+        assert method == "forkserver"
         assert release.wait(30)
-        start(checking, started)
+        start(checking, started, method)
 
     here: list[list[str]] = []
     check_here = bulk.Checker.check_chunk
@@ -291,6 +294,7 @@ def test_chunks_are_checked_here_while_the_checking_processes_start(
         here.append([json.loads(line)["external_id"] for _, line in chunk])
         return check_here(checker, chunk)
 
+    monkeypatch.setattr(bulk, "_forkable", lambda: False)  # started in a thread
     monkeypatch.setattr(bulk.Checking, "_start", slow_start)
     monkeypatch.setattr(bulk.Checker, "check_chunk", counted)
     records = [(n, json.dumps({**ORDER, "external_id": f"O-{n}"}).encode()) for n in range(1, 11)]
@@ -324,6 +328,7 @@ def test_closing_while_the_checking_processes_start_leaves_none_behind(
         return made[-1]
 
     monkeypatch.setattr(bulk, "ProcessPoolExecutor", recorded)
+    monkeypatch.setattr(bulk, "_forkable", lambda: False)  # started in a thread
     checking = bulk.Checking(1)
     checking.warm()
     checking.close()
@@ -331,3 +336,34 @@ def test_closing_while_the_checking_processes_start_leaves_none_behind(
     assert len(made) == 1
     with pytest.raises(RuntimeError, match="after shutdown"):
         made[0].submit(bulk._started)
+
+
+FORKED = """
+import os, sys, threading
+from kanal import bulk
+
+def parent(checking):
+    assert checking.started is not None
+    return checking.started.result(timeout=60)
+
+with bulk.Checking(1) as checking:  # nothing else runs here: forked from this process
+    checking.warm()
+    assert checking.starting is None and parent(checking) == os.getpid()
+threading.Thread(target=threading.Event().wait, args=(60,), daemon=True).start()
+with bulk.Checking(1) as checking:  # another thread runs: from the fork server
+    checking.warm()
+    assert checking.starting is not None and parent(checking) != os.getpid()
+print("ok")
+"""
+
+
+def test_checking_processes_are_forked_only_from_a_process_running_nothing_else() -> None:
+    """A copy of a process is only safe when no other thread runs in it (a lock one
+    holds would stay held in the copy): then the checking processes are forked from
+    the importing process, which has the code imported already; else from the fork
+    server."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
