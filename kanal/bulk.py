@@ -269,12 +269,17 @@ def _checker(resource: str, region: str | None) -> Checker:
     return found
 
 
-def _started() -> int:
-    """Done as soon as a worker is up, with every resource's validator built (their first
-    chunks are not held up by it): the worker's parent process (the importing process
-    when forked from it, else the fork server)."""
+def _validators() -> None:
+    """Every resource's validator, built (once per process)."""
     for resource in RESOURCES:
         fast(body_schema(resource))
+
+
+def _started() -> int:
+    """Done as soon as a worker is up, with the validators built (their first chunks
+    are not held up by it): the worker's parent process (the importing process when
+    forked from it, else the fork server)."""
+    _validators()
     return os.getppid()
 
 
@@ -480,6 +485,7 @@ class Checking:
                 )
                 self.starting.start()
                 return
+        _validators()  # built once, here, for this process and the copies
         self._start(started, "fork")
 
     def _start(self, started: Future[int], method: str) -> None:

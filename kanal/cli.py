@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sqlite3
@@ -690,6 +691,9 @@ def import_(
 
     from kanal.bulk import import_file
 
+    # What is loaded so far lives as long as the command: the collector need not look
+    # at it again (nor need the checking processes forked from this one).
+    gc.freeze()
     size = os.path.getsize(file)
     with Progress(
         "[progress.description]{task.description}",

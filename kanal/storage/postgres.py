@@ -1682,12 +1682,12 @@ class PostgresStorage:
         if not phones:
             return set()
         found = " UNION ".join(
-            f"SELECT customer_phone FROM {table} WHERE store_id = %s "
-            "AND customer_phone = ANY(%s::text[]) AND status = 'abandoned' "
+            f"SELECT customer_phone FROM {table} WHERE store_id = %(store_id)s "
+            "AND customer_phone = ANY(%(phones)s::text[]) AND status = 'abandoned' "
             "AND recovered_at IS NULL"
             for table in ABANDONED
-        )
-        rows = await self._all(found, (store_id, sorted(phones)) * len(ABANDONED))
+        )  # named: the phones are sent once
+        rows = await self._all(found, {"store_id": store_id, "phones": sorted(phones)})
         return {row["customer_phone"] for row in rows}
 
     async def attribute(
