@@ -62,8 +62,10 @@ RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 #: larger (the sizes measured: README, Benchmarks); a SQLite chunk holds the only write
 #: lock, which the API's writers wait for.
 CHUNK_SQLITE, CHUNK_POSTGRES = 1000, 2500
-#: Chunks handed to the workers ahead of the writer, per worker.
-AHEAD = 2
+#: Chunks handed to the workers ahead of the writer, per worker: enough for either
+#: side's slower chunks (a run of new phone numbers to parse, a commit waiting for the
+#: disk) not to hold the other up (measured: README, Benchmarks).
+AHEAD = 4
 
 Errors = dict[str, list[str]]
 T = TypeVar("T")
