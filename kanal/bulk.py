@@ -53,10 +53,9 @@ from kanal.checks import BODY_CHECKS, merged
 from kanal.errors import ApiError, ValidationFailed
 from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
-from kanal.storage import AsyncStorage, Storage, connect, contact_of
+from kanal.storage import RESOURCES, AsyncStorage, Storage, connect, contact_of
 from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_json
 
-RESOURCES = ("orders", "checkouts", "carts", "customers", "shipments")
 #: Records per chunk (one transaction) by default, by engine. A PostgreSQL chunk pays a
 #: durable commit (fsync) and some ten round trips whatever its size, so its chunks are
 #: larger (the sizes measured: README, Benchmarks); a SQLite chunk holds the only write

@@ -16,8 +16,7 @@ import psycopg
 
 from kanal import auth
 from kanal.app import DEFAULT_DB
-from kanal.bulk import RESOURCES
-from kanal.storage import Storage, connect, is_postgres
+from kanal.storage import RESOURCES, Storage, connect, is_postgres
 
 DEMO_STORE = 123
 #: The key of the seed pages' curl examples, so they work as written on a demo.

@@ -161,7 +161,7 @@ class ImportRunner:
 
     def run(self, interval: float = IDLE, stop: threading.Event | None = None) -> None:
         """Run jobs until stopped, sleeping ``interval`` seconds when none is waiting. The
-        checking processes start meanwhile, in a thread."""
+        checking processes start meanwhile (``Checking.warm``)."""
         stop = stop or threading.Event()
         self.checking.warm()
         while not stop.is_set():

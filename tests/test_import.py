@@ -339,7 +339,7 @@ def test_closing_while_the_checking_processes_start_leaves_none_behind(
 
 
 FORKED = """
-import os, sys, threading
+import os, threading
 from kanal import bulk
 
 def parent(checking):

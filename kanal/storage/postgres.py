@@ -391,7 +391,7 @@ LOCK_ACCOUNTS = 7305
 #: Migration step 7 is SQLite's: the account changes PostgreSQL's requests verify.
 STEP_SQL[7] = "SELECT 1"
 #: Migration step 8: room on each page for the next versions of rows rewritten in place
-#: (pages written from then on; a table's existing pages fill so as they are rewritten).
+#: (the setting applies to the pages written from then on; existing pages stay as full).
 STEP_SQL[8] = "; ".join(
     f"ALTER TABLE {table} SET (fillfactor = {FILLFACTOR})" for table in REWRITTEN
 )

@@ -206,7 +206,8 @@ RATE_WINDOW = 60.0
 #: contact every write touches, the rate window, an import's progress). On PostgreSQL
 #: their pages are filled to FILLFACTOR percent (migration step 8): the room left takes
 #: a row's next version on its own page, a HOT update, which adds no index entry and
-#: whose old version the page itself reclaims (measured: README, Bulk import).
+#: whose old version the page itself reclaims (measured: README, PostgreSQL and
+#: scaling out).
 REWRITTEN = (*RESOURCES, "contacts", "messages", "rate_limits", "imports")
 FILLFACTOR = 70
 #: The settings entry in which SQLite counts every change to api_keys and stores (the
