@@ -33,7 +33,7 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kanal import errors, operations, uploads
+from kanal import affinity, errors, operations, uploads
 from kanal.auth import with_rate_limit_headers
 from kanal.ratelimit import RateLimiter, current_limiter
 from kanal.spec import load_spec, resolve
@@ -374,9 +374,11 @@ PR_SET_PDEATHSIG = 1
 
 def app_from_env() -> ASGIApp:
     """Factory for ``uvicorn --factory`` and granian (``kanal serve``): in a worker
-    process of theirs (``KANAL_WORKER_PROCESS=1``), it ends with its supervisor."""
+    process of theirs (``KANAL_WORKER_PROCESS=1``), it ends with its supervisor, and
+    takes a CPU of its own when ``kanal serve`` binds its workers (``kanal.affinity``)."""
     if os.environ.get("KANAL_WORKER_PROCESS") == "1":
         die_with_parent()
+        affinity.bind_worker()  # before the server starts this process's threads
     pool_size = os.environ.get("KANAL_POOL_SIZE")
     return create_app(
         os.environ.get("KANAL_DB", DEFAULT_DB),

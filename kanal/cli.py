@@ -14,7 +14,7 @@ import click
 import phonenumbers
 import psycopg
 
-from kanal import auth
+from kanal import affinity, auth
 from kanal.app import DEFAULT_DB
 from kanal.storage import RESOURCES, Storage, connect, is_postgres
 
@@ -345,6 +345,15 @@ server_options = [
         show_default=True,
         help="The HTTP server: granian (Rust; the faster on the benchmark) or uvicorn.",
     ),
+    click.option(
+        "--cpu-affinity",
+        type=click.Choice(["auto", "off"]),
+        default="auto",
+        show_default=True,
+        help="auto: on SQLite, with two workers or more and no more workers than CPUs "
+        "(Linux), each worker process runs on a CPU of its own; off (and auto on "
+        "PostgreSQL): wherever the kernel puts it.",
+    ),
 ]
 
 
@@ -374,6 +383,7 @@ def serve(
     port: int,
     workers: int,
     server: str,
+    cpu_affinity: str,
     db_path: str,
     with_worker: bool,
     pool_size: int | None,
@@ -382,7 +392,7 @@ def serve(
     _check_contract("kanal serve did not start")
     if with_worker:
         _start_worker_thread(db_path, pool_size)
-    run_server(db_path, host, port, workers, pool_size, server)
+    run_server(db_path, host, port, workers, pool_size, server, cpu_affinity)
 
 
 @main.command()
@@ -473,7 +483,7 @@ def _start_worker_thread(db_path: str, pool_size: int | None = None) -> None:
 
 @main.command()
 @_with_server_options
-def demo(host: str, port: int, workers: int, server: str, db_path: str) -> None:
+def demo(host: str, port: int, workers: int, server: str, cpu_affinity: str, db_path: str) -> None:
     """Serve demo store 123 and the documented key, set up in a new or empty database.
 
     Any other database (stores or keys that demo did not create) is refused, and a
@@ -493,7 +503,7 @@ def demo(host: str, port: int, workers: int, server: str, db_path: str) -> None:
             f"Demo store {DEMO_STORE} is ready at http://{host}:{port}, but the demo key was "
             f"revoked; use a key from `kanal keys create --store {DEMO_STORE} --db {db_path}`."
         )
-    run_server(db_path, host, port, workers, None, server)
+    run_server(db_path, host, port, workers, None, server, cpu_affinity)
 
 
 #: The ``settings`` entry that marks a database as one ``kanal demo`` set up.
@@ -559,6 +569,7 @@ def run_server(
     workers: int,
     pool_size: int | None = None,
     server: str = "granian",
+    cpu_affinity: str = "auto",
 ) -> None:
     connect(db_path).close()  # create or migrate the schema once, before workers start
     os.environ["KANAL_DB"] = db_path if is_postgres(db_path) else os.path.abspath(db_path)
@@ -568,6 +579,13 @@ def run_server(
     # uvicorn's from two on): they end with it, even when it is killed.
     if server == "granian" or workers > 1:
         os.environ["KANAL_WORKER_PROCESS"] = "1"
+    with affinity.slots(
+        cpu_affinity, workers, is_postgres(db_path)
+    ):  # each worker claims a CPU as it starts
+        _serve(host, port, workers, server)
+
+
+def _serve(host: str, port: int, workers: int, server: str) -> None:
     if server == "uvicorn":
         import uvicorn
 
