@@ -47,13 +47,14 @@ from typing import IO, Any, TypeVar
 
 import ijson
 
+from kanal import affinity
 from kanal import storage as storage_module
 from kanal.auth import current_store
 from kanal.checks import BODY_CHECKS, merged
 from kanal.errors import ApiError, ValidationFailed
 from kanal.formats import current_region
 from kanal.spec import load_spec, resolve
-from kanal.storage import RESOURCES, AsyncStorage, Storage, connect, contact_of
+from kanal.storage import RESOURCES, AsyncStorage, Storage, connect, contact_of, is_postgres
 from kanal.validation import collect, compiled, fast, has_lone_surrogate, parse_json
 
 #: Records per chunk (one transaction) by default, by engine. A PostgreSQL chunk pays a
@@ -311,6 +312,13 @@ def _watch(owner: int) -> None:
     threading.Thread(target=watch, name="kanal-owner", daemon=True).start()
 
 
+def _initialize(owner: int, cpus: str | None) -> None:
+    """A checking process's start: ``_watch`` its owner, and take a CPU of its own when
+    the import binds its processes (``cpus``: see ``kanal.affinity.bound_import``)."""
+    _watch(owner)
+    affinity.bind(cpus)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -385,12 +393,19 @@ def import_file(
     batch: int | None = None,
     jobs: int | None = None,
     progress: Any = None,
+    cpu_affinity: str = "off",
 ) -> Report:
     """Import ``path`` into the store (a SQLite file or a postgresql:// database).
     ``batch``: records per transaction (None: ``default_batch``); ``jobs``: checking
-    processes (0: check here)."""
+    processes (0: check here); ``cpu_affinity``: ``auto`` binds this process and each
+    checking process to a CPU of its own while the import runs, where that helps
+    (``kanal.affinity.import_wanted``; ``kanal import`` does)."""
     started = time.perf_counter()
-    with Checking(default_jobs(path) if jobs is None else jobs) as checking:
+    jobs = default_jobs(path) if jobs is None else jobs
+    with (
+        affinity.bound_import(cpu_affinity, jobs, is_postgres(db)) as cpus,
+        Checking(jobs, cpus) as checking,
+    ):
         checking.warm()  # the checking processes start while the database is opened
         store = connect(db)
         try:
@@ -444,8 +459,10 @@ class Checking:
     of the processes answers (``warm``), chunks are checked here, so starting them holds
     nothing up."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, cpus: str | None = None) -> None:
         self.jobs = jobs
+        #: Where each worker process claims a CPU of its own (None: nothing bound).
+        self.cpus = cpus
         self.pool: ProcessPoolExecutor | None = None
         #: Done once a worker process answers (``pool`` is set before it is).
         self.started: Future[int] | None = None
@@ -497,7 +514,10 @@ class Checking:
             # A worker that dies fails the import (BrokenProcessPool) instead of leaving
             # it waiting.
             pool = ProcessPoolExecutor(
-                self.jobs, mp_context=context, initializer=_watch, initargs=(os.getpid(),)
+                self.jobs,
+                mp_context=context,
+                initializer=_initialize,
+                initargs=(os.getpid(), self.cpus),
             )
             first = pool.submit(_started)  # forks (or has the fork server fork) the workers
         except BaseException as exc:

@@ -579,9 +579,8 @@ def run_server(
     # uvicorn's from two on): they end with it, even when it is killed.
     if server == "granian" or workers > 1:
         os.environ["KANAL_WORKER_PROCESS"] = "1"
-    with affinity.slots(
-        cpu_affinity, workers, is_postgres(db_path)
-    ):  # each worker claims a CPU as it starts
+    # Each worker claims a CPU of its own as it starts (when they are bound).
+    with affinity.worker_slots(cpu_affinity, workers, is_postgres(db_path)):
         _serve(host, port, workers, server)
 
 
@@ -697,9 +696,24 @@ def migrate(db_path: str) -> None:
     help="Processes that parse and validate (default: one per CPU but one for files "
     "over 4 MiB, else 0: in the importing process).",
 )
+@click.option(
+    "--cpu-affinity",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: on PostgreSQL, on Linux, when there is a CPU for each checking process "
+    "and one more, each process of the import (the writer, every checking process) runs "
+    "on a CPU of its own; off: wherever the kernel puts them.",
+)
 @db_option
 def import_(
-    file: str, store_id: int, resource: str, batch: int | None, jobs: int | None, db_path: str
+    file: str,
+    store_id: int,
+    resource: str,
+    batch: int | None,
+    jobs: int | None,
+    cpu_affinity: str,
+    db_path: str,
 ) -> None:
     """Upsert records from JSON Lines (or a JSON array) with the API's own validation."""
     from concurrent.futures.process import BrokenProcessPool
@@ -733,6 +747,7 @@ def import_(
                 batch=batch,
                 jobs=jobs,
                 progress=lambda done, _: bar.update(task, completed=done, refresh=True),
+                cpu_affinity=cpu_affinity,
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None

@@ -4,10 +4,10 @@ never on PostgreSQL, with ``off``, with one worker or more workers than CPUs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,10 @@ CLAIM = (
 )
 
 
-def claimer(directory: Path) -> tuple[subprocess.Popen[str], str]:
+def claimer(slots: str) -> tuple[subprocess.Popen[str], str]:
     """A process that claims a CPU and holds it until its stdin closes; its answer."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLAIM, str(directory)],
+        [sys.executable, "-c", CLAIM, slots],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -53,16 +53,19 @@ def release(proc: subprocess.Popen[str]) -> None:
     proc.communicate(timeout=10)
 
 
-def test_claims_are_exclusive_and_freed_with_their_process(tmp_path: Path) -> None:
-    first, cpu = claimer(tmp_path)
+def test_claims_are_exclusive_and_freed_with_their_process() -> None:
+    slots = affinity.make_slots()  # a slot for each CPU this process may use
+    assert slots.endswith(":" + ",".join(map(str, CPUS)))
+    assert affinity.make_slots() != slots  # each set is a new one
+    first, cpu = claimer(slots)
     try:
         assert cpu == str(CPUS[0])
-        second, other = claimer(tmp_path)
+        second, other = claimer(slots)
         release(second)
         assert other == (str(CPUS[1]) if len(CPUS) > 1 else "None")
     finally:
         release(first)
-    again, cpu = claimer(tmp_path)  # the first one's CPU is free again
+    again, cpu = claimer(slots)  # the first one's CPU is free again
     release(again)
     assert cpu == str(CPUS[0])
 
@@ -77,33 +80,80 @@ def bound_cpus(pid: int) -> set[str]:
     return lists
 
 
-def slot_directories() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("kanal-cpus-*"))
-
-
 @several
 @pytest.mark.parametrize("setting", ["auto", "off"])
 def test_each_worker_runs_on_a_cpu_of_its_own(db: str, keys: dict[str, Any], setting: str) -> None:
     server = Server(db, workers=2)
     server.options = ["--cpu-affinity", setting]
-    before = slot_directories()
     server.start()
     try:
         assert server.proc is not None
         workers = [pid for pid in children(server.proc.pid) if alive(pid)]
         assert len(workers) == 2
         placed = [bound_cpus(pid) for pid in workers]
-        made = slot_directories() - before
         if setting == "auto" and is_sqlite(db):
             # Every thread of a worker on one CPU, and the two workers on different ones.
             assert all(len(cpus) == 1 for cpus in placed), placed
             assert placed[0] != placed[1]
             assert {cpu for cpus in placed for cpu in cpus} <= {str(cpu) for cpu in CPUS}
-            assert len(made) == 1
         else:  # left where the kernel puts them (PostgreSQL: see kanal.affinity.wanted)
             parent = bound_cpus(server.proc.pid)
             assert placed == [parent, parent]
-            assert not made
     finally:
         server.stop()
-    assert not any(directory.exists() for directory in made)  # they go with the server
+
+
+def test_when_an_import_binds_its_processes() -> None:
+    assert not affinity.import_wanted("auto", 0, postgres=True)  # checked in the writer
+    assert not affinity.import_wanted("off", 1, postgres=True)
+    assert not affinity.import_wanted("auto", 1, postgres=False)
+    assert not affinity.import_wanted("auto", len(CPUS), postgres=True)  # no CPU left over
+    assert affinity.import_wanted("auto", len(CPUS) - 1, postgres=True) == (len(CPUS) >= 2)
+
+
+@several
+def test_an_import_binds_the_writer_and_each_checking_process_while_it_runs() -> None:
+    from kanal.bulk import Checking
+
+    before = os.sched_getaffinity(0)
+    with affinity.bound_import("auto", 1, postgres=True) as cpus:
+        assert cpus is not None
+        assert os.sched_getaffinity(0) == {CPUS[0]}  # the writer
+        with Checking(1, cpus) as checking:
+            checking.warm()
+            assert checking.started is not None
+            checking.started.result(timeout=60)
+            assert checking.pool is not None
+            assert checking.pool.submit(os.sched_getaffinity, 0).result() == {CPUS[1]}
+    assert os.sched_getaffinity(0) == before  # as it was once the import is over
+    assert cpus is not None
+    again, cpu = claimer(cpus)  # the writer's claim is released with it
+    release(again)
+    assert cpu == str(CPUS[0])
+    with affinity.bound_import("off", 1, postgres=True) as cpus:
+        assert cpus is None and os.sched_getaffinity(0) == before
+
+
+def test_kanal_import_with_its_processes_bound(
+    tmp_path: Path, db: str, keys: dict[str, Any]
+) -> None:
+    """The whole command, a checking process forked, bound where the engine wants it."""
+    from click.testing import CliRunner
+
+    from kanal.cli import main
+
+    order = {
+        "placed_at": "2026-05-18T10:00:00Z",
+        "total_price": 49.9,
+        "customer": {"phone": "+33612345678"},
+    }
+    source = tmp_path / "orders.jsonl"
+    source.write_text(
+        "".join(json.dumps({**order, "external_id": f"O-{n}"}) + "\n" for n in range(60))
+    )
+    before = os.sched_getaffinity(0)
+    args = ["import", str(source), "--store", "123", "--resource", "orders", "--db", db]
+    done = CliRunner().invoke(main, [*args, "--jobs", "1", "--batch", "7"])
+    assert done.exit_code == 0, done.output
+    assert "60 imported (60 created, 0 updated), 0 invalid" in done.output
+    assert os.sched_getaffinity(0) == before
