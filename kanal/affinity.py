@@ -19,6 +19,7 @@ set of their own; the database server's processes are left where they are.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -111,9 +112,16 @@ def worker_slots(setting: str, workers: int, postgres: bool) -> Iterator[str | N
 
 
 def bind_worker() -> int | None:
-    """In a worker process, as it starts (before it starts threads): bind it to a CPU
-    of its own when ``kanal serve`` asked for it (``KANAL_CPU_SLOTS``). The CPU, or None."""
-    return bind(os.environ.get(SLOTS_ENV))
+    """In a worker process, as it loads the application: bind it to a CPU of its own
+    when ``kanal serve`` asked for it (``KANAL_CPU_SLOTS``): this thread, the threads
+    it starts afterwards (granian starts its own then) and those running already
+    (uvicorn's supervisor's ping thread). The CPU, or None."""
+    cpu = bind(os.environ.get(SLOTS_ENV))
+    if cpu is not None:
+        for thread in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.sched_setaffinity(int(thread), {cpu})
+    return cpu
 
 
 @contextmanager

@@ -81,14 +81,23 @@ def bound_cpus(pid: int) -> set[str]:
 
 
 @several
-@pytest.mark.parametrize("setting", ["auto", "off"])
-def test_each_worker_runs_on_a_cpu_of_its_own(db: str, keys: dict[str, Any], setting: str) -> None:
+def is_worker(pid: int) -> bool:
+    """A worker process of the server's (not multiprocessing's resource tracker)."""
+    return alive(pid) and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("http", "setting"), [("granian", "auto"), ("granian", "off"), ("uvicorn", "auto")]
+)
+def test_each_worker_runs_on_a_cpu_of_its_own(
+    db: str, keys: dict[str, Any], http: str, setting: str
+) -> None:
     server = Server(db, workers=2)
-    server.options = ["--cpu-affinity", setting]
+    server.options = ["--server", http, "--cpu-affinity", setting]
     server.start()
     try:
         assert server.proc is not None
-        workers = [pid for pid in children(server.proc.pid) if alive(pid)]
+        workers = [pid for pid in children(server.proc.pid) if is_worker(pid)]
         assert len(workers) == 2
         placed = [bound_cpus(pid) for pid in workers]
         if setting == "auto" and is_sqlite(db):
