@@ -27,6 +27,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+#: ``--cpu-affinity``'s values: bind where it helps, or never.
+SETTINGS = ("auto", "off")
 #: The environment variable naming the workers' slots.
 SLOTS_ENV = "KANAL_CPU_SLOTS"
 #: The sockets holding this process's claims (closing one frees its CPU).

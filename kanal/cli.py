@@ -332,6 +332,17 @@ def keys_revoke(key_id: int, db_path: str) -> None:
     click.echo(f"Revoked key {key_id}.")
 
 
+def cpu_affinity_option(help: str) -> Any:
+    """``--cpu-affinity auto|off`` (``kanal.affinity``), with what it does for a command."""
+    return click.option(
+        "--cpu-affinity",
+        type=click.Choice(affinity.SETTINGS),
+        default="auto",
+        show_default=True,
+        help=help,
+    )
+
+
 server_options = [
     click.option("--host", default="127.0.0.1", show_default=True),
     click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
@@ -345,14 +356,10 @@ server_options = [
         show_default=True,
         help="The HTTP server: granian (Rust; the faster on the benchmark) or uvicorn.",
     ),
-    click.option(
-        "--cpu-affinity",
-        type=click.Choice(["auto", "off"]),
-        default="auto",
-        show_default=True,
-        help="auto: on SQLite, with two workers or more and no more workers than CPUs "
+    cpu_affinity_option(
+        "auto: on SQLite, with two workers or more and no more workers than CPUs "
         "(Linux), each worker process runs on a CPU of its own; off (and auto on "
-        "PostgreSQL): wherever the kernel puts it.",
+        "PostgreSQL): wherever the kernel puts it."
     ),
 ]
 
@@ -696,14 +703,10 @@ def migrate(db_path: str) -> None:
     help="Processes that parse and validate (default: one per CPU but one for files "
     "over 4 MiB, else 0: in the importing process).",
 )
-@click.option(
-    "--cpu-affinity",
-    type=click.Choice(["auto", "off"]),
-    default="auto",
-    show_default=True,
-    help="auto: on PostgreSQL, on Linux, when there is a CPU for each checking process "
-    "and one more, each process of the import (the writer, every checking process) runs "
-    "on a CPU of its own; off: wherever the kernel puts them.",
+@cpu_affinity_option(
+    "auto: on PostgreSQL, on Linux, when there is a CPU for each checking process and one "
+    "more, each process of the import (the writer, every checking process) runs on a CPU "
+    "of its own; off: wherever the kernel puts them."
 )
 @db_option
 def import_(
