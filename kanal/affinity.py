@@ -7,9 +7,9 @@ the application, claims the first free slot, by binding a Unix socket to the slo
 address in Linux's abstract namespace: the kernel lets one socket hold an address and
 frees it when the socket's last holder ends, however it ends (a worker that dies frees
 its CPU for the one started in its place; nothing is left on disk). The worker then
-binds its main thread to that CPU; the threads it starts afterwards (the server's I/O
-threads, the event loop's) inherit the binding, so a worker's work stays on one CPU
-and its caches. A worker that finds no free slot (more workers than CPUs) is left
+binds every thread it has to that CPU, and the threads it starts afterwards (the
+server's I/O threads, the event loop's) inherit the binding, so a worker's work stays
+on one CPU and its caches. A worker that finds no free slot (more workers than CPUs) is left
 unbound. On SQLite only (see ``wanted``). Measured: README, Benchmarks.
 
 ``kanal import`` on PostgreSQL binds the same way while it runs (``bound_import``):
@@ -73,7 +73,7 @@ def make_slots() -> str:
 
 def claim(slots: str) -> int | None:
     """Claim the first free CPU of ``slots`` and hold it until this process ends (or
-    ``release``); the CPU, or None when every one is claimed."""
+    ``bound_import`` lets it go); the CPU, or None when every one is claimed."""
     name, _, cpus = slots.partition(":")
     for cpu in (int(cpu) for cpu in cpus.split(",") if cpu):
         holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,6 +1,8 @@
-"""``kanal serve --workers N --cpu-affinity auto``: on SQLite each worker process runs on
-a CPU of its own (every thread of it), claimed as it starts and freed when it ends;
-never on PostgreSQL, with ``off``, with one worker or more workers than CPUs."""
+"""``--cpu-affinity auto``. ``kanal serve --workers N``: on SQLite each worker process
+runs on a CPU of its own (every thread of it), claimed as it starts and freed when it
+ends; never on PostgreSQL, with ``off``, with one worker or more workers than CPUs.
+``kanal import``: on PostgreSQL the writer and each checking process on CPUs of their
+own while it runs, this process's CPUs as before once it is over."""
 
 from __future__ import annotations
 
@@ -146,7 +148,8 @@ def test_an_import_binds_the_writer_and_each_checking_process_while_it_runs() ->
 def test_kanal_import_with_its_processes_bound(
     tmp_path: Path, db: str, keys: dict[str, Any]
 ) -> None:
-    """The whole command, a checking process forked, bound where the engine wants it."""
+    """The whole command with a checking process, on each engine (bound on PostgreSQL,
+    not on SQLite): every record written, and this process's CPUs as before after it."""
     from click.testing import CliRunner
 
     from kanal.cli import main
