@@ -21,7 +21,8 @@ measured run: POST of the seed recipe's full order, rotating over 5,000
 external_ids. The servers take turns, round after round (a machine's other load
 comes and goes: taking turns spreads it over all of them), and the table gives
 each one's median round: requests/s, p50 and p99, and each server's ratio to the
-plain stack, the peer and the baseline.
+plain stack, the peer and the baseline; then kanal with more workers against one (the
+medians' ratio, and each round's).
 """
 
 from __future__ import annotations
@@ -243,6 +244,16 @@ def run(args: argparse.Namespace) -> int:
         result = medians[name]
         ratios = tuple(f"{result['rps'] / medians[r]['rps']:.2f}" for r in references)
         print(row(known[name][0], result, ratios))
+    for name in chosen:  # more workers against one: the medians' ratio, and each round's
+        if name.startswith("kanal") and name != "kanal1" and "kanal1" in chosen:
+            rounds = ", ".join(
+                f"{more['rps'] / one['rps']:.2f}"
+                for more, one in zip(results[name], results["kanal1"], strict=True)
+            )
+            print(
+                f"{known[name][0]} / {known['kanal1'][0]}: "
+                f"{medians[name]['rps'] / medians['kanal1']['rps']:.2f} (rounds {rounds})"
+            )
     return 0
 
 
