@@ -22,7 +22,7 @@ external_ids. The servers take turns, round after round (a machine's other load
 comes and goes: taking turns spreads it over all of them), and the table gives
 each one's median round: requests/s, p50 and p99, and each server's ratio to the
 plain stack, the peer and the baseline; then kanal with more workers against one (the
-medians' ratio, and each round's).
+medians' ratio, each round's, and the median of those).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,13 +247,15 @@ def run(args: argparse.Namespace) -> int:
         print(row(known[name][0], result, ratios))
     for name in chosen:  # more workers against one: the medians' ratio, and each round's
         if name.startswith("kanal") and name != "kanal1" and "kanal1" in chosen:
-            rounds = ", ".join(
-                f"{more['rps'] / one['rps']:.2f}"
+            paired = [
+                more["rps"] / one["rps"]
                 for more, one in zip(results[name], results["kanal1"], strict=True)
-            )
+            ]  # a round's two runs are back to back: the machine's speed moves less between them
             print(
                 f"{known[name][0]} / {known['kanal1'][0]}: "
-                f"{medians[name]['rps'] / medians['kanal1']['rps']:.2f} (rounds {rounds})"
+                f"{medians[name]['rps'] / medians['kanal1']['rps']:.2f} (the medians); each "
+                f"round's {', '.join(f'{ratio:.2f}' for ratio in paired)}, their median "
+                f"{statistics.median(paired):.2f}"
             )
     return 0
 
