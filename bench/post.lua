@@ -29,7 +29,7 @@ local function gcd(a, b)
   while b ~= 0 do a, b = b, a % b end
   return a
 end
--- The n-th request (n from 1) is the same as the (n mod cycle)-th.
+-- make(n) depends on n mod 5000 and n mod phones alone, so request n is written[n mod cycle].
 local cycle = 5000
 if phones > 1 then cycle = 5000 / gcd(5000, phones) * phones end
 local written = {}
